@@ -1,3 +1,10 @@
 //! jobcell: a rootless sandbox runtime for running untrusted jobs on Linux.
 //!
 //! The library owns every mechanism; `src/main.rs` is only the command-line edge.
+
+pub mod cgroup;
+pub mod net;
+pub mod profile;
+pub mod sandbox;
+pub mod seccomp;
+pub mod units;
