@@ -195,7 +195,8 @@ fn remove_dir_retry(p: &Path) {
 }
 
 /// Prepares the sandbox cgroup, or reports why limits are not enforced.
-pub fn prepare(res: Option<&LinuxResources>) -> Result<(Option<Cgroup>, LimitsReport), CgroupError> {
+/// `name` names the cgroup (OCI containers use their id); by default `<supervisor pid>-<n>`.
+pub fn prepare(res: Option<&LinuxResources>, name: Option<&str>) -> Result<(Option<Cgroup>, LimitsReport), CgroupError> {
     let base = match find_base() {
         Ok(b) => b,
         Err(reason) => {
@@ -218,7 +219,10 @@ pub fn prepare(res: Option<&LinuxResources>) -> Result<(Option<Cgroup>, LimitsRe
     }
     enable_controllers(&top)?;
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let name = match name {
+        Some(n) => format!("oci-{n}"),
+        None => format!("{}-{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+    };
     let path = top.join(name);
     fs::create_dir(&path).map_err(io_err(&path, "mkdir", "delegate the parent directory to this user"))?;
     let dir = nix::fcntl::open(&path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
@@ -305,6 +309,22 @@ impl Cgroup {
             memory_peak: self.read_num("memory.peak"),
             pids_peak: self.read_num("pids.peak"),
         }
+    }
+
+    /// Keeps the cgroup (it outlives this process) and returns its path.
+    pub fn into_path(self) -> PathBuf {
+        self.path
+    }
+
+    /// Opens an existing sandbox cgroup (OCI verbs after `create`).
+    pub fn open(path: &Path) -> Option<Cgroup> {
+        let dir = nix::fcntl::open(path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
+        Some(Cgroup { path: path.to_path_buf(), dir })
+    }
+
+    /// Pids of the processes in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
     }
 
     /// Kills anything left and removes the directory.

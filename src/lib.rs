@@ -8,3 +8,4 @@ pub mod profile;
 pub mod sandbox;
 pub mod seccomp;
 pub mod units;
+pub mod oci;

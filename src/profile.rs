@@ -459,16 +459,9 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
         caps.insert(cap);
     }
 
-    // Seccomp: compiled later by the launcher; resolved and validated now.
+    // Seccomp: resolved and parsed now (bad files fail here); compiled once by the launcher.
     let sc_name = req.seccomp.clone().or(p.seccomp.clone()).unwrap_or_else(|| "default".into());
     let sc = seccomp::resolve(&sc_name, &config_dirs("seccomp"))?;
-    if let Some(profile) = &sc {
-        // Compile once here so a bad profile fails before anything is created.
-        let (_, warnings) = seccomp::compile(profile, req.strict)?;
-        for w in warnings {
-            eprintln!("jobcell: warning: seccomp {sc_name}: {w}");
-        }
-    }
 
     let mut mounts = base_mounts(tmpfs, uid, gid, &workdir)?;
     if root == RootSource::HostSystem {

@@ -35,3 +35,4 @@ pub fn install(f: &CompiledFilter) -> Result<(), nix::errno::Errno> {
     let r = unsafe { libc::syscall(libc::SYS_seccomp, 1, 0, &prog as *const _) };
     if r == 0 { Ok(()) } else { Err(nix::errno::Errno::last()) }
 }
+pub fn compile_cached(p: &LinuxSeccomp, strict: bool) -> Result<(CompiledFilter, Vec<String>), SeccompError> { compile(p, strict) }

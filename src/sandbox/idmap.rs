@@ -23,6 +23,23 @@ pub enum IdMap {
     Single { uid: Extent, gid: Extent },
     /// Full ranges, written by the setuid helpers newuidmap/newgidmap.
     Range { uid: Vec<Extent>, gid: Vec<Extent> },
+    /// Maps written directly (as root, or an unprivileged caller mapping only its own ids).
+    Direct { uid: Vec<Extent>, gid: Vec<Extent>, deny_setgroups: bool },
+}
+
+impl IdMap {
+    /// Whether setgroups(2) is denied inside (single-id maps written by an unprivileged caller).
+    pub fn denies_setgroups(&self) -> bool {
+        match self {
+            IdMap::Single { .. } => true,
+            IdMap::Range { .. } => false,
+            IdMap::Direct { deny_setgroups, .. } => *deny_setgroups,
+        }
+    }
+}
+
+fn lines(ext: &[Extent]) -> String {
+    ext.iter().map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count)).collect()
 }
 
 /// Mapping failed.
@@ -112,6 +129,13 @@ pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
             write(format!("/proc/{pid}/setgroups"), "deny")?;
             write(format!("/proc/{pid}/uid_map"), &format!("{} {} 1\n", uid.inside, uid.outside))?;
             write(format!("/proc/{pid}/gid_map"), &format!("{} {} 1\n", gid.inside, gid.outside))
+        }
+        IdMap::Direct { uid, gid, deny_setgroups } => {
+            if *deny_setgroups {
+                write(format!("/proc/{pid}/setgroups"), "deny")?;
+            }
+            write(format!("/proc/{pid}/uid_map"), &lines(uid))?;
+            write(format!("/proc/{pid}/gid_map"), &lines(gid))
         }
         IdMap::Range { uid, gid } => {
             // Run both helpers at once: they are setuid programs and dominate start-up time when serialised.

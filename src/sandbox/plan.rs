@@ -5,6 +5,7 @@
 //! (`dst`) or to the host's root (`src` of a bind); the executor prefixes them with its staging directories.
 
 use crate::profile::{ANNOTATION_ROOT, HOST_SYSTEM_DIRS, ROOT_HOST_SYSTEM};
+use nix::mount::MsFlags;
 use oci_spec::runtime::{Mount, Spec};
 use std::path::{Component, Path, PathBuf};
 
@@ -51,14 +52,20 @@ pub enum PlanError {
     UnsupportedOption { dst: String, opt: String },
     #[error("mount {0}: a bind mount needs a source")]
     NoSource(String),
+    #[error("linux.rootfsPropagation {0:?}: use private, rprivate, slave, rslave, shared, rshared or unbindable")]
+    BadPropagation(String),
+    #[error("linux.sysctl {0:?}: only namespaced kernel.*, net.* and fs.mqueue.* keys can be set")]
+    BadSysctl(String),
 }
 
 /// The root filesystem and everything mounted on it, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FsPlan {
     /// `None`: a fresh tmpfs root (host-system view); `Some(dir)`: bind this host directory as the root.
     pub root_dir: Option<PathBuf>,
     pub root_readonly: bool,
+    /// Propagation of the new root after pivot_root (OCI `rootfsPropagation`); `None` leaves it private.
+    pub root_propagation: Option<MsFlags>,
     pub ops: Vec<Op>,
 }
 
@@ -156,8 +163,9 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
             });
             continue;
         }
+        let typ = if typ == "cgroup" { "cgroup2" } else { typ };
         match typ {
-            "tmpfs" | "proc" | "devpts" | "mqueue" | "sysfs" => {}
+            "tmpfs" | "proc" | "devpts" | "mqueue" | "sysfs" | "cgroup2" => {}
             other => {
                 return Err(PlanError::UnsupportedType {
                     dst: dst.display().to_string(),
@@ -178,7 +186,43 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
         }
     }
 
+    let mut root_propagation = None;
     if let Some(linux) = spec.linux() {
+        // Devices: bound from the host (mknod is impossible in a user namespace, and binding works as root too).
+        for d in linux.devices().as_deref().unwrap_or_default() {
+            let dst = clean_dst(d.path())?;
+            ops.push(Op::Bind {
+                src: dst.clone(),
+                dst,
+                recursive: false,
+                flags: Flags {
+                    nosuid: true,
+                    noexec: true,
+                    ..Flags::default()
+                },
+            });
+        }
+        let mut sysctls: Vec<(&String, &String)> = linux.sysctl().as_ref().map(|m| m.iter().collect()).unwrap_or_default();
+        sysctls.sort();
+        for (k, v) in sysctls {
+            let namespaced = k.starts_with("kernel.") || k.starts_with("net.") || k.starts_with("fs.mqueue.");
+            if !namespaced || k.contains("..") || k.contains('/') {
+                return Err(PlanError::BadSysctl(k.clone()));
+            }
+            ops.push(Op::WriteFile {
+                path: PathBuf::from("/proc/sys").join(k.replace('.', "/")),
+                contents: v.clone(),
+            });
+        }
+        if let Some(p) = linux.rootfs_propagation() {
+            root_propagation = Some(match p.as_str() {
+                "private" | "rprivate" => MsFlags::MS_PRIVATE,
+                "slave" | "rslave" => MsFlags::MS_SLAVE,
+                "shared" | "rshared" => MsFlags::MS_SHARED,
+                "unbindable" | "runbindable" => MsFlags::MS_UNBINDABLE,
+                other => return Err(PlanError::BadPropagation(other.to_string())),
+            });
+        }
         for p in linux.masked_paths().as_deref().unwrap_or_default() {
             ops.push(Op::Mask { path: clean_dst(Path::new(p))? });
         }
@@ -190,6 +234,7 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
     Ok(FsPlan {
         root_dir: if host_system { None } else { Some(root.path().clone()) },
         root_readonly: root.readonly().unwrap_or(false),
+        root_propagation,
         ops,
     })
 }
