@@ -72,10 +72,22 @@ pub struct Profile {
 
 impl Profile {
     fn parse(text: &str, origin: &str) -> Result<Self, ProfileError> {
-        toml::from_str(text).map_err(|e| ProfileError::Parse {
-            path: origin.to_string(),
-            message: e.message().to_string()
-                + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+        toml::from_str(text).map_err(|e| {
+            // Name the field and line the error points at; toml's message alone may not.
+            let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+            let line_no = text[..at].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("");
+            let field = line.split('=').next().unwrap_or("").trim();
+            let message = e.message().trim().to_string();
+            let message = if field.is_empty() || message.contains(field) {
+                format!("{message} (line {line_no})")
+            } else {
+                format!("field `{field}`: {message} (line {line_no})")
+            };
+            ProfileError::Parse {
+                path: origin.to_string(),
+                message,
+            }
         })
     }
 
@@ -451,8 +463,7 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
     let mut caps: HashSet<Capability> = HashSet::new();
     for c in &req.cap_add {
         let name = c.to_ascii_uppercase();
-        let name = if name.starts_with("CAP_") { name } else { format!("CAP_{name}") };
-        let cap = Capability::from_str(&name).map_err(|_| ProfileError::Invalid {
+        let cap = Capability::from_str(name.strip_prefix("CAP_").unwrap_or(&name)).map_err(|_| ProfileError::Invalid {
             field: format!("--cap-add {c}"),
             message: "unknown capability: use a name like NET_BIND_SERVICE or CAP_CHOWN".into(),
         })?;
@@ -659,6 +670,6 @@ mod tests {
         assert!(msg.contains("p.toml") && msg.contains("memry"), "{msg}");
         std::fs::write(&f, "pids = \"many\"\n").unwrap();
         let msg = load_profile(f.to_str().unwrap()).unwrap_err().to_string();
-        assert!(msg.contains("p.toml") && msg.contains("integer"), "{msg}");
+        assert!(msg.contains("p.toml") && msg.contains("`pids`"), "{msg}");
     }
 }
