@@ -4,7 +4,7 @@
 #
 # Produces:
 #   OUT_DIR/vmlinux         uncompressed ELF kernel (QEMU boots it via PVH: skips the slow-under-TCG XZ decompression)
-#   OUT_DIR/initrd.cpio.gz  tiny busybox initramfs: loads virtio/ext4 modules, switch_root to /dev/vda
+#   OUT_DIR/initrd.cpio.gz  tiny busybox initramfs: loads virtio/ext4/9p modules, switch_root to /dev/vda
 #   OUT_DIR/root.img        sparse raw ext4 (Debian bookworm, made with mkfs.ext4 -d: no loop mount), used read-only
 #                           by run-tests (-drive snapshot=on), so every run starts pristine
 #
@@ -31,10 +31,12 @@ PKGS=linux-image-amd64,busybox-static,kmod,util-linux,mount,passwd,uidmap,libsec
 # INITRD=No: skip initramfs-tools in the kernel postinst (we build our own tiny initramfs below).
 INITRD=No DEBIAN_FRONTEND=noninteractive mmdebstrap --quiet --variant=apt --include="$PKGS" \
   --customize-hook="install -m 755 '$HERE/init' \"\$1/usr/local/sbin/jobcell-vm-init\"" \
+  --customize-hook="install -D -m 644 '$HERE/fstab' \"\$1/usr/local/lib/jobcell-vm/fstab\"" \
   --customize-hook='chroot "$1" /bin/sh -ec "
       echo jobcell-vm > /etc/hostname
       printf \"127.0.0.1 localhost\n127.0.1.1 jobcell-vm\n\" > /etc/hosts
       printf \"/dev/vda / ext4 rw,relatime 0 0\n\" > /etc/fstab
+      mkfifo -m 600 /usr/local/lib/jobcell-vm/console.fifo
       useradd -m -u 1000 -U -s /bin/bash tester
       echo tester:100000:65536 > /etc/subuid
       echo tester:100000:65536 > /etc/subgid
@@ -77,7 +79,7 @@ I=$WORK/initramfs
 mkdir -p "$I/bin" "$I/dev" "$I/proc" "$I/sys" "$I/newroot" "$I/mods"
 cp "$R/bin/busybox" "$I/bin/busybox"
 : > "$I/mods/order"
-for m in virtio_pci virtio_blk crc32c_generic crc32c-intel ext4; do
+for m in virtio_pci virtio_blk crc32c_generic crc32c-intel ext4 9pnet_virtio 9p; do
   chroot "$R" modprobe -S "$K" --show-depends "$m" | awk '$1=="insmod"{print $2}'
 done | awk '!seen[$0]++' | while read -r p; do
   cp "$R$p" "$I/mods/"; basename "$p" >> "$I/mods/order"
