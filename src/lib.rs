@@ -4,8 +4,8 @@
 
 pub mod cgroup;
 pub mod net;
+pub mod oci;
 pub mod profile;
 pub mod sandbox;
 pub mod seccomp;
 pub mod units;
-pub mod oci;
