@@ -1,3 +1,9 @@
 //! jobcell: a rootless sandbox runtime for running untrusted jobs on Linux.
 //!
 //! The library owns every mechanism; `src/main.rs` is only the command-line edge.
+
+pub mod api;
+pub mod ctl;
+pub mod executor;
+pub mod secrets;
+pub mod store;
