@@ -33,10 +33,17 @@ pub struct ExecClaims {
     #[serde(rename = "jobId")]
     pub job_id: String,
     pub scope: String,
+    // Defaults let a token with a missing registered claim reach the explicit
+    // "required claims" check (reported as `missing_claim`) instead of a parse error.
+    #[serde(default)]
     pub iss: String,
+    #[serde(default)]
     pub sub: String,
+    #[serde(default)]
     pub iat: i64,
+    #[serde(default)]
     pub nbf: i64,
+    #[serde(default)]
     pub exp: i64,
 }
 
@@ -138,6 +145,9 @@ pub fn verify_token(secrets: &Secrets, token: &str) -> Result<ExecClaims, TokenE
         return Err(TokenError::BadAlgorithm);
     }
     let c = data.claims;
+    if c.iat <= 0 {
+        return Err(TokenError::MissingClaim);
+    }
     if c.sub != format!("job:{}", c.job_id) {
         return Err(TokenError::SubjectMismatch);
     }

@@ -210,7 +210,7 @@ pub async fn heartbeat_for(
         (Ok(exp), None) => Ok(exp),
         (Err(e), _) => {
             // An expired lease found on access: make sure its tokens are dead now.
-            let _ = state.sweep().await;
+            state.resync_job(job_id).await;
             Err(e.into())
         }
     }
@@ -251,7 +251,7 @@ pub async fn set_running_for(
     let (o, j) = (orchestrator.to_string(), job_id.to_string());
     let r = state.db(move |s| s.set_running(&j, &o, now_ms())).await;
     if r.is_err() {
-        let _ = state.sweep().await;
+        state.resync_job(job_id).await;
     }
     r
 }
@@ -328,7 +328,7 @@ pub async fn complete_for(
             Ok(())
         }
         Err(e) => {
-            let _ = state.sweep().await;
+            state.resync_job(job_id).await;
             Err(e)
         }
     }
@@ -361,7 +361,7 @@ pub async fn release_for(
             Ok(())
         }
         Err(e) => {
-            let _ = state.sweep().await;
+            state.resync_job(job_id).await;
             Err(e)
         }
     }

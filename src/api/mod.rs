@@ -125,6 +125,19 @@ impl Registry {
         }
     }
 
+    /// Execution ids registered for `job_id`.
+    pub fn executions_of(&self, job_id: &str) -> Vec<String> {
+        self.inner
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter(|e| e.job_id == job_id)
+                    .map(|e| e.execution_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().map(|m| m.len()).unwrap_or(0)
     }
@@ -256,6 +269,32 @@ impl AppState {
             self.registry.remove(&e.execution_id);
             self.logs.end(&e.execution_id, e.status.as_str());
             let _ = self.ended.send(e.clone());
+        }
+    }
+
+    /// Re-reads from the store the executions of `job_id` that the registry holds and ends
+    /// those no longer active (after a store call found a lease expired on access).
+    pub async fn resync_job(&self, job_id: &str) {
+        for exec in self.registry.executions_of(job_id) {
+            let e = exec.clone();
+            match self.db(move |s| s.get_execution(&e)).await {
+                Ok(Some(row)) if row.status.is_active() => {}
+                Ok(row) => {
+                    let status = row
+                        .map(|r| r.status)
+                        .unwrap_or(crate::store::Status::Failed);
+                    self.executions_ended(&[Ended {
+                        job_id: job_id.to_string(),
+                        execution_id: exec,
+                        status,
+                    }]);
+                }
+                Err(e) => {
+                    // Fail closed: without an answer from the store the tokens die.
+                    tracing::error!(?e, "resync failed; revoking");
+                    self.registry.remove(&exec);
+                }
+            }
         }
     }
 
