@@ -421,6 +421,7 @@ pub fn serve_main(args: ServeArgs) -> Result<(), ServeError> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let state_dir = match &args.state_dir {
         Some(d) => d.clone(),
