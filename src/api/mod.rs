@@ -336,6 +336,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The router served to a sandbox on its own Unix socket: the runtime API only (cache
+/// routes join here too), never the orchestrator API.
+pub fn sandbox_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .merge(runtime::routes())
+        .fallback(|| async { ApiError::not_found() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_requests,
+        ))
+        .with_state(state)
+}
+
 /// Spawns the lease sweeper (one sweep per `every`).
 pub fn spawn_sweeper(state: AppState, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
