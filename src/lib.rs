@@ -2,6 +2,14 @@
 //!
 //! The library owns every mechanism; `src/main.rs` is only the command-line edge.
 
+pub mod cgroup;
+pub mod net;
+pub mod profile;
+pub mod sandbox;
+pub mod seccomp;
+pub mod units;
+pub mod oci;
+
 pub mod api;
 pub mod ctl;
 pub mod executor;

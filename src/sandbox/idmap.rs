@@ -1,0 +1,194 @@
+//! User-namespace id mapping for rootless sandboxes.
+//!
+//! Two shapes: a single-id map (the caller's uid/gid appear as the job's uid/gid, `setgroups` denied), or, when
+//! `/etc/subuid`/`/etc/subgid` grant the caller a range and `newuidmap`/`newgidmap` exist, a full map in which
+//! the job's id is still the caller (so files written to `--bind ...:rw` belong to the caller) and every other
+//! inside id, root included, is a distinct subordinate id. The decision is pure; [`apply`] writes it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// One `inside outside count` line of a uid_map or gid_map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// How the sandbox's ids are mapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdMap {
+    /// One id each, written directly to /proc/PID/{uid,gid}_map with setgroups denied.
+    Single { uid: Extent, gid: Extent },
+    /// Full ranges, written by the setuid helpers newuidmap/newgidmap.
+    Range { uid: Vec<Extent>, gid: Vec<Extent> },
+    /// Maps written directly (as root, or an unprivileged caller mapping only its own ids).
+    Direct { uid: Vec<Extent>, gid: Vec<Extent>, deny_setgroups: bool },
+}
+
+impl IdMap {
+    /// Whether setgroups(2) is denied inside (single-id maps written by an unprivileged caller).
+    pub fn denies_setgroups(&self) -> bool {
+        match self {
+            IdMap::Single { .. } => true,
+            IdMap::Range { .. } => false,
+            IdMap::Direct { deny_setgroups, .. } => *deny_setgroups,
+        }
+    }
+}
+
+fn lines(ext: &[Extent]) -> String {
+    ext.iter().map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count)).collect()
+}
+
+/// Mapping failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdMapError {
+    #[error("writing {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{tool} failed: {message}")]
+    Helper { tool: &'static str, message: String },
+}
+
+/// Finds the caller's subordinate range in an /etc/subuid-format text (by name or numeric id).
+pub fn find_range(text: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
+    text.lines().find_map(|l| {
+        let mut f = l.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if Some(who) != name && who != id.to_string() {
+            return None;
+        }
+        let (start, count) = (start.parse().ok()?, count.parse().ok()?);
+        (count > 0).then_some((start, count))
+    })
+}
+
+/// The "keep id" layout: `job` maps to the caller, the rest of 0..=count to the subordinate range.
+pub fn keep_id(job: u32, caller: u32, sub: (u32, u32)) -> Vec<Extent> {
+    let (start, count) = sub;
+    let mut v = Vec::new();
+    if job > 0 {
+        v.push(Extent { inside: 0, outside: start, count: job.min(count) });
+    }
+    v.push(Extent { inside: job, outside: caller, count: 1 });
+    if count > job {
+        v.push(Extent { inside: job + 1, outside: start + job, count: count - job });
+    }
+    v
+}
+
+fn have_helper(name: &str) -> bool {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).exists())
+}
+
+/// Chooses the mapping for a caller (`host_uid`, `host_gid`, user name) and the job's (`uid`, `gid`).
+/// Returns a warning when falling back to a single id although the caller is unprivileged.
+pub fn choose(host_uid: u32, host_gid: u32, user: Option<&str>, uid: u32, gid: u32) -> (IdMap, Option<String>) {
+    let single = IdMap::Single {
+        uid: Extent { inside: uid, outside: host_uid, count: 1 },
+        gid: Extent { inside: gid, outside: host_gid, count: 1 },
+    };
+    if host_uid == 0 {
+        return (single, None);
+    }
+    if !have_helper("newuidmap") || !have_helper("newgidmap") {
+        return (
+            single,
+            Some("newuidmap/newgidmap not installed (package uidmap): mapping a single id, so root and the job user are the same inside".into()),
+        );
+    }
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let subgid = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
+    match (find_range(&subuid, user, host_uid), find_range(&subgid, user, host_gid)) {
+        (Some(su), Some(sg)) => (
+            IdMap::Range {
+                uid: keep_id(uid, host_uid, su),
+                gid: keep_id(gid, host_gid, sg),
+            },
+            None,
+        ),
+        _ => (
+            single,
+            Some(format!(
+                "no range for {} in /etc/subuid and /etc/subgid: mapping a single id (add one with usermod --add-subuids)",
+                user.unwrap_or("this user")
+            )),
+        ),
+    }
+}
+
+fn write(path: String, data: &str) -> Result<(), IdMapError> {
+    std::fs::write(&path, data).map_err(|source| IdMapError::Write { path, source })
+}
+
+/// Writes the mapping for process `pid` (which must still be waiting for it).
+pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
+    match map {
+        IdMap::Single { uid, gid } => {
+            write(format!("/proc/{pid}/setgroups"), "deny")?;
+            write(format!("/proc/{pid}/uid_map"), &format!("{} {} 1\n", uid.inside, uid.outside))?;
+            write(format!("/proc/{pid}/gid_map"), &format!("{} {} 1\n", gid.inside, gid.outside))
+        }
+        IdMap::Direct { uid, gid, deny_setgroups } => {
+            if *deny_setgroups {
+                write(format!("/proc/{pid}/setgroups"), "deny")?;
+            }
+            write(format!("/proc/{pid}/uid_map"), &lines(uid))?;
+            write(format!("/proc/{pid}/gid_map"), &lines(gid))
+        }
+        IdMap::Range { uid, gid } => {
+            // Run both helpers at once: they are setuid programs and dominate start-up time when serialised.
+            let spawn = |tool: &'static str, ext: &[Extent]| {
+                let mut c = Command::new(tool);
+                c.arg(pid.to_string());
+                for e in ext {
+                    c.args([e.inside.to_string(), e.outside.to_string(), e.count.to_string()]);
+                }
+                c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+                c.spawn().map_err(|e| IdMapError::Helper { tool, message: e.to_string() })
+            };
+            let u = spawn("newuidmap", uid)?;
+            let g = spawn("newgidmap", gid)?;
+            for (tool, child) in [("newuidmap", u), ("newgidmap", g)] {
+                let out = child.wait_with_output().map_err(|e| IdMapError::Helper { tool, message: e.to_string() })?;
+                if !out.status.success() {
+                    return Err(IdMapError::Helper {
+                        tool,
+                        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    });
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_ranges_by_name_or_id() {
+        let t = "alice:100000:65536\n1001:200000:1000\nbad line\n";
+        assert_eq!(find_range(t, Some("alice"), 5), Some((100000, 65536)));
+        assert_eq!(find_range(t, Some("bob"), 1001), Some((200000, 1000)));
+        assert_eq!(find_range(t, Some("carol"), 7), None);
+    }
+
+    #[test]
+    fn keep_id_maps_job_to_caller_and_root_elsewhere() {
+        let m = keep_id(1000, 1001, (100000, 65536));
+        assert_eq!(
+            m,
+            vec![
+                Extent { inside: 0, outside: 100000, count: 1000 },
+                Extent { inside: 1000, outside: 1001, count: 1 },
+                Extent { inside: 1001, outside: 101000, count: 64536 },
+            ]
+        );
+        let root_job = keep_id(0, 1001, (100000, 65536));
+        assert_eq!(root_job[0], Extent { inside: 0, outside: 1001, count: 1 });
+        assert_eq!(root_job[1], Extent { inside: 1, outside: 100000, count: 65536 });
+    }
+}
