@@ -631,3 +631,52 @@ async fn eight_concurrent_claimers_each_job_exactly_once() {
     assert_eq!(r.body, json!({"status": "ok"}));
     let _ = Value::Null;
 }
+
+#[tokio::test]
+async fn sandbox_socket_router_serves_the_runtime_api_only() {
+    let s = srv();
+    let (_job, exec, tok) = s.running("u").await;
+    let sb = jobcell::api::sandbox_router(s.state.clone());
+    let r = raw(
+        &sb,
+        req("GET", "/api/internal/audit", Some(&s.key), Some("o"), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = raw(
+        &sb,
+        req(
+            "POST",
+            "/api/internal/jobs/claim",
+            Some(&s.key),
+            Some("o"),
+            Some(&json!({"batchSize": 1})),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = raw(
+        &sb,
+        req(
+            "GET",
+            &format!("/api/logs/{exec}"),
+            Some(&s.key),
+            Some("o"),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = raw(
+        &sb,
+        req(
+            "GET",
+            &format!("/api/runtime/executions/{exec}/input"),
+            Some(&tok),
+            None,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
