@@ -311,6 +311,7 @@ async fn executor_loop(
     max_jobs: usize,
     mut stop: watch::Receiver<bool>,
 ) {
+    recover(&state, &orch).await;
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         if *stop.borrow() {
@@ -347,6 +348,32 @@ async fn executor_loop(
     }
     while tasks.join_next().await.is_some() {}
     tracing::info!("local executor stopped");
+}
+
+/// Jobs this host's executor held when the previous server process died cannot still be
+/// running (their sandboxes died with it): give them back to the queue now instead of
+/// waiting for their leases to expire.
+async fn recover(state: &AppState, orch: &str) {
+    let held: Vec<String> = match state
+        .db(|s| s.active_executions(crate::store::now_ms()))
+        .await
+    {
+        Ok(v) => v
+            .into_iter()
+            .filter(|e| e.orchestrator_id == orch)
+            .map(|e| e.job_id)
+            .collect(),
+        Err(e) => {
+            tracing::error!(?e, "executor recovery: listing held jobs failed");
+            return;
+        }
+    };
+    for job in held {
+        tracing::warn!(job = %job, "executor restarted: releasing a job it held");
+        if let Err(e) = release_for(state, orch, &job).await {
+            tracing::warn!(job = %job, code = e.code, "executor recovery: release refused");
+        }
+    }
 }
 
 struct JobCtx {
@@ -425,7 +452,27 @@ impl JobCtx {
         set_running_for(state, &self.orch, job_id)
             .await
             .map_err(|e| ExecutorError::InvalidJob(format!("set running: {}", e.code)))?;
-        let mut child = tokio::process::Command::new(&launch.program)
+        let mut cmd = tokio::process::Command::new(&launch.program);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe. PDEATHSIG makes `jobcell run` (and with it the sandbox,
+        // whose pid 1 dies with its supervisor) die if this server is killed, so no job keeps
+        // running unsupervised after a crash while its lease expires and it is requeued.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args(&launch.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

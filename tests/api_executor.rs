@@ -254,3 +254,60 @@ fn timeout_cancel_and_sigterm_release() {
         ("queued", "released")
     );
 }
+
+fn sleepers(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first() == Some(&&b"sleep"[..]) && args.get(1) == Some(&marker.as_bytes())
+        })
+        .count()
+}
+
+#[test]
+fn kill_9_of_the_server_kills_its_sandboxes_and_restart_requeues() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut srv = start(&state);
+    let marker = "4321.5";
+    let job = srv.submit(json!({"userId": "u", "command": ["sleep", marker]}));
+    srv.wait_status(&job, &["running"], 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers(marker) == 0 {
+        assert!(Instant::now() < deadline, "sandbox never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(srv.child.id() as i32, libc::SIGKILL) },
+        0
+    );
+    let _ = srv.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers(marker) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "sandbox outlived the killed server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(srv);
+    // The restarted executor gives the job back at once (no wait for the 60 s lease) and
+    // runs it again under a new execution.
+    let srv = start(&state);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let (_, v) = srv.call("GET", &format!("/api/internal/jobs/{job}"), None);
+        if v["executions"].as_array().unwrap().len() == 2 && v["status"] == "running" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "job not rerun: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["executions"][0]["status"], "released");
+    let (st, _) = srv.call("POST", &format!("/api/internal/jobs/{job}/cancel"), None);
+    assert_eq!(st, 200);
+    srv.wait_status(&job, &["cancelled"], 5);
+}
