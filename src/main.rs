@@ -79,6 +79,10 @@ enum Cmd {
     },
     /// OCI: run a process in a running container.
     Exec(ExecArgs),
+    /// Run the embedded API server (and, with --executor local, run claimed jobs here).
+    Serve(jobcell::api::ServeArgs),
+    /// Helper for job scripts inside a sandbox (talks to the runtime API).
+    Ctl(jobcell::ctl::CtlArgs),
 }
 
 #[derive(Args)]
@@ -400,6 +404,14 @@ fn main() -> ExitCode {
         Err(e) => oci_fail(e),
     };
     match cli.cmd {
+        Cmd::Serve(a) => match jobcell::api::serve_main(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jobcell serve: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Ctl(a) => ExitCode::from(jobcell::ctl::main(a).clamp(0, 255) as u8),
         Cmd::Run(a) => run(a, &root),
         Cmd::Check => check(),
         Cmd::Create(a) => {
