@@ -889,3 +889,214 @@ pub fn install(filter: &CompiledFilter) -> Result<(), nix::errno::Errno> {
     };
     nix::errno::Errno::result(ret).map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("seccomp")
+    }
+
+    fn parse(text: &str) -> Result<LinuxSeccomp, SeccompError> {
+        parse_profile(text, "test.json")
+    }
+
+    #[test]
+    fn shipped_profiles_compile_strictly_without_warnings() {
+        for name in ["default", "strict"] {
+            let p = load_profile(&profile_dir().join(format!("{name}.json"))).unwrap();
+            let (f, warnings) = compile(&p, true).unwrap();
+            assert!(warnings.is_empty(), "{name}: {warnings:?}");
+            assert!(f.len_instructions() > 10 && f.len_instructions() <= MAX_INSTRUCTIONS);
+            eprintln!("{name}.json: {} BPF instructions", f.len_instructions());
+        }
+    }
+
+    #[test]
+    fn unknown_syscall_warns_or_errors_when_strict() {
+        let p = parse(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["getpid","no_such_call"],"action":"SCMP_ACT_ERRNO"}]}"#).unwrap();
+        let (_, w) = compile(&p, false).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("syscalls[0].names[1]") && w[0].contains("no_such_call"),
+            "{w:?}"
+        );
+        let e = compile(&p, true).unwrap_err().to_string();
+        assert!(
+            e.contains("syscalls[0].names[1]") && e.contains("no_such_call") && e.contains("fix:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn invalid_json_names_file_and_position() {
+        let e = parse("{\"defaultAction\": \"SCMP_ACT_ALLOW\",\n ]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.json: line 2 column"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let cases = [
+            (r#"{"defaultAction":"SCMP_ACT_NOPE"}"#, "defaultAction"),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":"38"}"#,
+                "defaultErrnoRet",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":-1}"#,
+                "defaultErrnoRet",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_Z80"]}"#,
+                "architectures[0]",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":{}}"#,
+                "syscalls",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":"read","action":"SCMP_ACT_ERRNO"}]}"#,
+                "syscalls[0].names",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"]}]}"#,
+                "syscalls[0].action",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","errnoret":5}]}"#,
+                "syscalls[0].errnoret",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1.5,"op":"SCMP_CMP_EQ"}]}]}"#,
+                "syscalls[0].args[0].value",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+                "syscalls[0].args[0].index",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"EQ"}]}]}"#,
+                "syscalls[0].args[0].op",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"},{"index":0,"value":2,"op":"SCMP_CMP_EQ"}]}]}"#,
+                "syscalls[0].args[1].index",
+            ),
+            (
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+                "syscalls[0].action",
+            ),
+            (r#"[]"#, "(top level)"),
+        ];
+        for (text, field) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("test.json: {field}: ")),
+                "{text}\n=> {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn load_profile_reports_path() {
+        let e = load_profile(Path::new("/nonexistent/x.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/x.json") && e.contains("fix:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn notify_is_rejected_by_compile() {
+        let p = LinuxSeccomp::default();
+        let mut p2 = p.clone();
+        p2.set_default_action(LinuxSeccompAction::ScmpActNotify);
+        let e = compile(&p2, false).unwrap_err().to_string();
+        assert!(e.contains("not supported by jobcell run"), "{e}");
+    }
+
+    #[test]
+    fn shadowed_conditional_rule_is_reported() {
+        let p = parse(r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,"syscalls":[
+            {"names":["ioctl"],"action":"SCMP_ACT_ALLOW"},
+            {"names":["ioctl"],"action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":4294967295,"valueTwo":21522,"op":"SCMP_CMP_MASKED_EQ"}]}]}"#).unwrap();
+        let (_, w) = compile(&p, false).unwrap();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("overridden") && w.contains("syscalls[1].names[0]")),
+            "{w:?}"
+        );
+        assert!(compile(&p, true).is_err());
+    }
+
+    #[test]
+    fn resolve_names_paths_and_unconfined() {
+        let dirs = tempfile::tempdir().unwrap();
+        let a = dirs.path().join("a");
+        let b = dirs.path().join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("p.json"), r#"{"defaultAction":"SCMP_ACT_LOG"}"#).unwrap();
+        std::fs::write(b.join("p.json"), r#"{"defaultAction":"SCMP_ACT_TRAP"}"#).unwrap();
+        std::fs::write(b.join("q.json"), r#"{"defaultAction":"SCMP_ACT_KILL"}"#).unwrap();
+        let search = [a.clone(), b.clone()];
+        assert!(resolve("unconfined", &search).unwrap().is_none());
+        let p = resolve("p", &search).unwrap().unwrap();
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActLog);
+        let q = resolve("q", &search).unwrap().unwrap();
+        assert_eq!(q.default_action(), LinuxSeccompAction::ScmpActKill);
+        let path = b.join("p.json");
+        let p = resolve(path.to_str().unwrap(), &search).unwrap().unwrap();
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActTrap);
+        let e = resolve("missing", &search).unwrap_err().to_string();
+        assert!(e.contains("missing.json") && e.contains("fix:"), "{e}");
+        assert!(resolve("..", &search).is_err());
+        assert!(resolve("", &search).is_err());
+        let shipped = resolve("default", &[profile_dir()]).unwrap().unwrap();
+        assert_eq!(shipped.default_errno_ret(), Some(38));
+    }
+
+    #[test]
+    fn filter_bytes_round_trip() {
+        let p = load_profile(&profile_dir().join("default.json")).unwrap();
+        let (f, _) = compile(&p, true).unwrap();
+        let g = CompiledFilter::from_bytes(f.as_bytes().to_vec()).unwrap();
+        assert_eq!(f, g);
+        assert_eq!(f.as_bytes().len(), f.len_instructions() * 8);
+        assert!(CompiledFilter::from_bytes(vec![]).is_err());
+        assert!(CompiledFilter::from_bytes(vec![0; 12]).is_err());
+        assert!(matches!(
+            CompiledFilter::from_bytes(vec![0; 8 * 4097]),
+            Err(SeccompError::TooLarge(4097))
+        ));
+        // Deterministic output, so a cache keyed by a profile hash is sound.
+        let (f2, _) = compile(&p, true).unwrap();
+        assert_eq!(f, f2);
+    }
+
+    #[test]
+    fn compile_time_default_profile() {
+        let p = load_profile(&profile_dir().join("default.json")).unwrap();
+        let mut times: Vec<std::time::Duration> = (0..50)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let r = compile(&p, false).unwrap();
+                let d = t.elapsed();
+                std::hint::black_box(r);
+                d
+            })
+            .collect();
+        times.sort();
+        eprintln!(
+            "compile(default.json): median {:?}, min {:?}, max {:?} over 50 runs",
+            times[25], times[0], times[49]
+        );
+    }
+}
