@@ -647,7 +647,53 @@ struct Seen {
 ///   are ignored with a warning;
 /// - the bad-architecture action is KILL_PROCESS; libseccomp's own
 ///   no_new_privs handling is off (the launcher sets no_new_privs).
+///
+/// Compiling `default.json` takes tens of milliseconds (libseccomp's BPF
+/// generation for three x86 ABIs), so results are memoised in-process (last
+/// [`MEMO_ENTRIES`] distinct profiles, compared by value); the output is
+/// deterministic, so a cross-process cache of [`CompiledFilter::as_bytes`] is sound
+/// as long as its key covers the profile, `strict`, the libseccomp version and the
+/// host architecture.
 pub fn compile(
+    profile: &LinuxSeccomp,
+    strict: bool,
+) -> Result<(CompiledFilter, Vec<String>), SeccompError> {
+    if let Ok(memo) = MEMO.lock() {
+        if let Some(hit) = memo
+            .iter()
+            .find(|m| m.strict == strict && m.profile == *profile)
+        {
+            return Ok((hit.filter.clone(), hit.warnings.clone()));
+        }
+    }
+    let (filter, warnings) = compile_uncached(profile, strict)?;
+    if let Ok(mut memo) = MEMO.lock() {
+        if memo.len() >= MEMO_ENTRIES {
+            memo.remove(0);
+        }
+        memo.push(Memo {
+            profile: profile.clone(),
+            strict,
+            filter: filter.clone(),
+            warnings: warnings.clone(),
+        });
+    }
+    Ok((filter, warnings))
+}
+
+/// How many compiled profiles [`compile`] keeps in memory.
+pub const MEMO_ENTRIES: usize = 8;
+
+struct Memo {
+    profile: LinuxSeccomp,
+    strict: bool,
+    filter: CompiledFilter,
+    warnings: Vec<String>,
+}
+
+static MEMO: std::sync::Mutex<Vec<Memo>> = std::sync::Mutex::new(Vec::new());
+
+fn compile_uncached(
     profile: &LinuxSeccomp,
     strict: bool,
 ) -> Result<(CompiledFilter, Vec<String>), SeccompError> {
@@ -1077,7 +1123,7 @@ mod tests {
             Err(SeccompError::TooLarge(4097))
         ));
         // Deterministic output, so a cache keyed by a profile hash is sound.
-        let (f2, _) = compile(&p, true).unwrap();
+        let (f2, _) = compile_uncached(&p, true).unwrap();
         assert_eq!(f, f2);
     }
 
@@ -1087,7 +1133,7 @@ mod tests {
         let mut times: Vec<std::time::Duration> = (0..50)
             .map(|_| {
                 let t = std::time::Instant::now();
-                let r = compile(&p, false).unwrap();
+                let r = compile_uncached(&p, false).unwrap();
                 let d = t.elapsed();
                 std::hint::black_box(r);
                 d
@@ -1098,5 +1144,9 @@ mod tests {
             "compile(default.json): median {:?}, min {:?}, max {:?} over 50 runs",
             times[25], times[0], times[49]
         );
+        let _ = compile(&p, false).unwrap();
+        let t = std::time::Instant::now();
+        let _ = compile(&p, false).unwrap();
+        eprintln!("compile(default.json) memoised: {:?}", t.elapsed());
     }
 }
