@@ -162,20 +162,36 @@ fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
     Some(base.join("jobcell/seccomp"))
 }
 
 /// Like [`compile`], but reuses BPF compiled earlier for the same profile, mode, libseccomp version and
 /// architecture (compiling the default profile for three x86 ABIs costs ~20 ms; reading it back ~20 us).
 /// The cache is best effort: any problem with it falls back to compiling.
-pub fn compile_cached(profile: &LinuxSeccomp, strict: bool) -> Result<(CompiledFilter, Vec<String>), SeccompError> {
+pub fn compile_cached(
+    profile: &LinuxSeccomp,
+    strict: bool,
+) -> Result<(CompiledFilter, Vec<String>), SeccompError> {
     use sha2::Digest;
-    let Some(dir) = cache_dir() else { return compile(profile, strict) };
+    let Some(dir) = cache_dir() else {
+        return compile(profile, strict);
+    };
     let mut h = sha2::Sha256::new();
     h.update(serde_json::to_vec(profile).unwrap_or_default());
     h.update([u8::from(strict)]);
-    h.update(format!("{:?}|{:?}|{}", libseccomp::ScmpVersion::current().ok().map(|v| (v.major, v.minor, v.micro)), libseccomp::ScmpArch::native(), env!("CARGO_PKG_VERSION")));
+    h.update(format!(
+        "{:?}|{:?}|{}",
+        libseccomp::ScmpVersion::current()
+            .ok()
+            .map(|v| (v.major, v.minor, v.micro)),
+        libseccomp::ScmpArch::native(),
+        env!("CARGO_PKG_VERSION")
+    ));
     let key = hex::encode(h.finalize());
     let bpf = dir.join(format!("{key}.bpf"));
     let warn = dir.join(format!("{key}.warn"));
@@ -187,7 +203,10 @@ pub fn compile_cached(profile: &LinuxSeccomp, strict: bool) -> Result<(CompiledF
     let (filter, warnings) = compile(profile, strict)?;
     let store = || -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         let tmp = dir.join(format!(".{key}.{}", std::process::id()));
         std::fs::write(&tmp, warnings.join("\n"))?;
         std::fs::rename(&tmp, &warn)?;

@@ -85,12 +85,15 @@ pub struct ChildConfig {
     pub ids: Identity,
     pub caps: CapSets,
     pub no_new_privs: bool,
-    pub rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+    /// (resource, soft, hard)
+    pub rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     pub seccomp: Option<CompiledFilter>,
     pub umask: u32,
     pub oom_score_adj: Option<i32>,
     /// Namespaces to join by path (setns) instead of creating.
     pub join: Vec<(nix::sched::CloneFlags, PathBuf)>,
+    /// OCI `exec`: a pidfd of the container's pid 1 and the namespaces to join through it.
+    pub join_pidfd: Option<(RawFd, nix::sched::CloneFlags)>,
     /// A new network namespace was created: bring `lo` up.
     pub new_netns: bool,
     /// Signals pid 1 forwards to the payload (blocked by the supervisor before clone).
@@ -168,8 +171,9 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .or_fail(st, &|| "oom_score_adj".into());
     }
-    for (res, v) in &cfg.rlimits {
-        nix::sys::resource::setrlimit(*res, *v, *v).or_fail(st, &|| format!("setrlimit {res:?}"));
+    for (res, soft, hard) in &cfg.rlimits {
+        nix::sys::resource::setrlimit(*res, *soft, *hard)
+            .or_fail(st, &|| format!("setrlimit {res:?}"));
     }
 
     match &cfg.mode {
@@ -207,6 +211,14 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
 /// OCI `exec`: the cloned process is already in the container's namespaces and cgroup.
 pub fn exec_main(cfg: &ChildConfig, status: OwnedFd) -> ! {
     let st = status.as_raw_fd();
+    if let Some((pidfd, ns)) = cfg.join_pidfd {
+        if !ns.is_empty() {
+            // SAFETY: the pidfd stays open in this process for the duration of the call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(pidfd) };
+            nix::sched::setns(fd, ns).or_fail(st, &|| "joining the container's namespaces".into());
+        }
+        chdir("/").or_fail(st, &|| "chdir /".into());
+    }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     match &cfg.mode {
         ChildMode::Exec {

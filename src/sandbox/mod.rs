@@ -352,12 +352,13 @@ fn process_config(
             .as_deref()
             .unwrap_or_default()
             .iter()
-            .filter_map(|r| Some((rlimit_resource(r.typ())?, r.hard().max(r.soft()))))
+            .filter_map(|r| Some((rlimit_resource(r.typ())?, r.soft(), r.hard())))
             .collect(),
         seccomp: filter,
         umask: user.umask().unwrap_or(0o022),
         oom_score_adj: process.oom_score_adj(),
         join: Vec::new(),
+        join_pidfd: None,
         new_netns: false,
         forward: forwarded_signals(),
         mode,
@@ -395,7 +396,18 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
             Some(p) => join.push((ns_flag(ns.typ()), p.clone())),
         }
     }
-    if !host_root && !join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER) {
+    // Joining a user namespace happens here, in the caller, so the namespaces clone3 creates belong to it.
+    if let Some(i) = join
+        .iter()
+        .position(|(f, _)| *f == CloneFlags::CLONE_NEWUSER)
+    {
+        let (_, path) = join.remove(i);
+        let f = std::fs::File::open(&path)
+            .map_err(|e| LaunchError::Spec(format!("user namespace {}: {e}", path.display())))?;
+        nix::sched::setns(f, CloneFlags::CLONE_NEWUSER).map_err(|e| {
+            LaunchError::Spec(format!("joining user namespace {}: {e}", path.display()))
+        })?;
+    } else if !host_root {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
     let new_userns = flags.contains(CloneFlags::CLONE_NEWUSER);
@@ -785,7 +797,17 @@ pub fn exec_in(
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&fwd), None).map_err(sys("sigprocmask"))?;
     let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(sys("signalfd"))?;
-    nix::sched::setns(&tfd, ns).map_err(sys("joining the container's namespaces"))?;
+    // The caller joins only the user and pid namespaces (the pid namespace applies to children, and joining it
+    // needs privilege over it); the child joins the rest, so the caller keeps the host's filesystem view.
+    let own = ns & (CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID);
+    if !own.is_empty() {
+        nix::sched::setns(&tfd, own)
+            .map_err(sys("joining the container's user and pid namespaces"))?;
+    }
+    let cfg = ChildConfig {
+        join_pidfd: Some((tfd.as_raw_fd(), ns - own)),
+        ..cfg
+    };
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64,
