@@ -3,6 +3,7 @@
 //! The library owns every mechanism; `src/main.rs` is only the command-line edge.
 
 pub mod api;
+pub mod cache;
 pub mod cgroup;
 pub mod ctl;
 pub mod executor;

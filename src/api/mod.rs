@@ -47,6 +47,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("executor: {0}")]
     Executor(String),
+    #[error("cache: {0}")]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// Which executor runs claimed jobs on this host.
@@ -79,6 +81,8 @@ pub struct ServeArgs {
     /// Parallel jobs of the local executor.
     #[arg(long, default_value_t = 2)]
     pub max_jobs: usize,
+    #[command(flatten)]
+    pub cache: crate::cache::CacheArgs,
 }
 
 /// Executions whose tokens are valid, by execution id: a cache of the store's claimed and
@@ -125,6 +129,19 @@ impl Registry {
         }
     }
 
+    /// Every registered execution whose lease has not run out.
+    pub fn active(&self, now: i64) -> Vec<ActiveExecution> {
+        self.inner
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter(|e| e.lease_expires_at > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Execution ids registered for `job_id`.
     pub fn executions_of(&self, job_id: &str) -> Vec<String> {
         self.inner
@@ -165,6 +182,8 @@ pub struct AppState {
     /// Executions that ended (completed, cancelled, released, lease expired).
     pub ended: broadcast::Sender<Ended>,
     pub config: Arc<ApiConfig>,
+    /// The cache service (`None`: cache routes answer 503), see [`AppState::with_cache`].
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl AppState {
@@ -191,7 +210,14 @@ impl AppState {
             metrics: Arc::new(metrics::Metrics::default()),
             ended,
             config: Arc::new(config),
+            cache: None,
         })
+    }
+
+    /// Attaches the cache service.
+    pub fn with_cache(mut self, cache: crate::cache::Cache) -> AppState {
+        self.cache = Some(Arc::new(cache));
+        self
     }
 
     /// Runs a store call on the blocking pool.
@@ -321,6 +347,7 @@ pub fn router(state: AppState) -> Router {
         .merge(internal::routes())
         .merge(runtime::routes())
         .merge(logs::routes())
+        .merge(crate::cache::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -345,6 +372,7 @@ pub fn sandbox_router(state: AppState) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .merge(runtime::routes())
+        .merge(crate::cache::routes())
         .fallback(|| async { ApiError::not_found() })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -449,6 +477,8 @@ pub fn serve_main(args: ServeArgs) -> Result<(), ServeError> {
         .build()?;
     rt.block_on(async move {
         let state = open_state(&state_dir, args.config.as_deref(), args.insecure_no_cache_auth)?;
+        let cache = crate::cache::Cache::open(&state_dir, &state.secrets, args.cache.config()?)?;
+        let state = state.with_cache(cache);
         if args.insecure_no_cache_auth {
             tracing::warn!("cache authentication is DISABLED (--insecure-no-cache-auth)");
         }
@@ -464,6 +494,7 @@ pub fn serve_main(args: ServeArgs) -> Result<(), ServeError> {
             })?;
         tracing::info!(addr = %listener.local_addr()?, state_dir = %state_dir.display(), "jobcell serve listening");
         let sweeper = spawn_sweeper(state.clone(), Duration::from_secs(1));
+        let cache_sweeper = crate::cache::spawn_sweeper(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let executor = match args.executor {
             ExecutorMode::Local => Some(
@@ -481,6 +512,9 @@ pub fn serve_main(args: ServeArgs) -> Result<(), ServeError> {
             let _ = tokio::time::timeout(Duration::from_secs(20), ex).await;
         }
         sweeper.abort();
+        if let Some(s) = cache_sweeper {
+            s.abort();
+        }
         tracing::info!("jobcell serve stopped");
         Ok(())
     })
