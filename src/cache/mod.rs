@@ -144,7 +144,7 @@ pub struct Cache {
     tmp: PathBuf,
     pub(crate) tokens: auth::TokenIndex,
     pub(crate) limiter: auth::RateLimiter,
-    pub(crate) signer: auth::UrlSigner,
+    pub signer: auth::UrlSigner,
     /// Per pending entry: uploads hold it shared, the commit exclusively.
     locks: Mutex<HashMap<i64, Arc<tokio::sync::RwLock<()>>>>,
 }
