@@ -447,7 +447,14 @@ impl JobCtx {
         let _server_guard = AbortOnDrop(server);
         let (token, _) = mint_token(&state.secrets, exec, job_id)
             .map_err(|e| ExecutorError::InvalidJob(e.to_string()))?;
-        let launch = build_launch(&self.exe, &spec, &dirs, exec, &token)?;
+        let mut launch = build_launch(&self.exe, &spec, &dirs, exec, &token)?;
+        // ACTIONS_CACHE_URL / ACTIONS_RUNTIME_TOKEN and the in-sandbox cache listener.
+        let cache_ready =
+            crate::cache::sandbox::prepare(state, &mut launch.args, job_id, exec, &dirs.dir)
+                .map_err(|source| ExecutorError::Io {
+                    path: dirs.dir.clone(),
+                    source,
+                })?;
         let mut ended = state.ended.subscribe();
         set_running_for(state, &self.orch, job_id)
             .await
@@ -483,6 +490,14 @@ impl JobCtx {
                 path: launch.program.clone(),
                 source,
             })?;
+        let _cache_listener = cache_ready.and_then(|ready| {
+            let pid = child.id()?;
+            Some(crate::cache::sandbox::spawn_listener(
+                state.clone(),
+                pid,
+                ready,
+            ))
+        });
         state
             .metrics
             .sandboxes_running

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod routes;
+pub mod sandbox;
 pub mod store;
 pub mod validate;
 
