@@ -49,7 +49,7 @@ ID=$(curl -fsS "${A[@]}" -H 'Content-Type: application/json' \
   -d "{\"key\":\"bench\",\"version\":\"1\",\"cacheSize\":$BYTES}" "$API/_apis/artifactcache/caches" \
   | json 'JSON.parse(d).cacheId')
 export API ID TOKEN CHUNK_MIB
-ls "$WORK/chunks" | xargs -P 4 -I{} sh -c '
+ls "$WORK/chunks" | xargs -P 4 -I{} bash -c '
   f="$0/chunks/$1"; i=$((10#${1#c})); s=$((i * (CHUNK_MIB << 20))); n=$(stat -c %s "$f")
   curl -fsS -X PATCH -T "$f" -H "Authorization: Bearer $TOKEN" \
     -H "Content-Type: application/octet-stream" -H "Content-Range: bytes $s-$((s + n - 1))/*" \

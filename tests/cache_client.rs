@@ -29,7 +29,10 @@ fn stock_actions_cache_client_round_trip() {
         .expect("run actions-cache.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let shown: Vec<&str> = stdout.lines().filter(|l| !l.starts_with("::debug::")).collect();
+    let shown: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.starts_with("::debug::"))
+        .collect();
     println!("{}", shown.join("\n"));
     assert!(
         out.status.success() && stdout.contains("PASS:"),

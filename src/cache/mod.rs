@@ -186,10 +186,15 @@ impl Cache {
                 }
             }
         }
-        // A committed entry whose blob is missing cannot be served: drop it.
+        // A committed entry without its blob cannot be served, a pending one without its
+        // temporary file cannot be completed (a crash inside a commit): drop both.
         for (id, st) in &known {
-            if *st == EntryState::Committed && !blobs.join(id.to_string()).exists() {
-                tracing::warn!(id, "cache entry without blob; removing");
+            let file = match st {
+                EntryState::Committed => blobs.join(id.to_string()),
+                EntryState::Pending => tmp.join(format!("{id}.part")),
+            };
+            if !file.exists() {
+                tracing::warn!(id, "cache entry without its file; removing");
                 store.remove(*id)?;
             }
         }

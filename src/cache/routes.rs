@@ -467,6 +467,12 @@ async fn upload(
         }
         let lock = cache.lock(entry.id);
         let _shared = lock.read().await;
+        // A commit or discard may have finished while this upload waited for the lock.
+        let id = entry.id;
+        match cdb(&cache, move |s| s.get(id)).await? {
+            Some(e) if e.state == EntryState::Pending => {}
+            _ => return Err(store_err(CacheStoreError::NotPending)),
+        }
         let part = cache.part_path(entry.id);
         let file = {
             let p = part.clone();
@@ -529,7 +535,6 @@ async fn upload(
         if received != want {
             return Err(short());
         }
-        let id = entry.id;
         cdb(&cache, move |s| {
             s.add_range(id, start as i64, end as i64 + 1, now_ms())
         })
@@ -613,7 +618,7 @@ async fn commit(
 
 #[derive(Deserialize)]
 struct DownloadQuery {
-    exp: Option<i64>,
+    exp: Option<String>,
     sig: Option<String>,
 }
 
@@ -631,7 +636,8 @@ async fn download(
             .await;
         Fail::Api(ApiError::forbidden("forbidden", "forbidden"))
     };
-    let (Ok(id), Some(exp), Some(sig)) = (cache_id.parse::<i64>(), q.exp, q.sig.as_deref()) else {
+    let exp = q.exp.as_deref().and_then(|e| e.parse::<i64>().ok());
+    let (Ok(id), Some(exp), Some(sig)) = (cache_id.parse::<i64>(), exp, q.sig.as_deref()) else {
         return Err(denied("bad_signature").await);
     };
     if !cache.signer.verify(id, exp, sig) {
