@@ -780,7 +780,8 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_field() {
-        let cases: &[(&dyn Fn(&mut RunRequest), &str)] = &[
+        type Mutate = dyn Fn(&mut RunRequest);
+        let cases: &[(&Mutate, &str)] = &[
             (&|r| r.memory = Some("lots".into()), "--memory"),
             (&|r| r.memory = Some("1M".into()), "--memory"),
             (&|r| r.cpus = Some("0".into()), "--cpus"),
