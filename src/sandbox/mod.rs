@@ -442,6 +442,12 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         flags |= CloneFlags::CLONE_NEWUSER;
     }
     let new_userns = flags.contains(CloneFlags::CLONE_NEWUSER);
+    let private_uts = flags.contains(CloneFlags::CLONE_NEWUTS) || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
+    if !private_uts && (spec.hostname().is_some() || spec.domainname().is_some()) {
+        return Err(LaunchError::Spec(
+            "hostname/domainname need a private UTS namespace: add {\"type\": \"uts\"} to linux.namespaces".into(),
+        ));
+    }
     let user = process.user();
     let (map, warning) = id_map(spec, user.uid(), user.gid());
     if let (Some(w), true) = (warning, new_userns) {
