@@ -442,7 +442,43 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         flags |= CloneFlags::CLONE_NEWUSER;
     }
     let new_userns = flags.contains(CloneFlags::CLONE_NEWUSER);
-    let private_uts = flags.contains(CloneFlags::CLONE_NEWUTS) || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
+    let private_uts = flags.contains(CloneFlags::CLONE_NEWUTS)
+        || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
+    let has = |f: CloneFlags| flags.contains(f) || join.iter().any(|(j, _)| *j == f);
+    for key in linux
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flat_map(|m| m.keys())
+    {
+        let needs = if key.starts_with("net.") {
+            CloneFlags::CLONE_NEWNET
+        } else if key.starts_with("fs.mqueue.")
+            || [
+                "kernel.msgmax",
+                "kernel.msgmnb",
+                "kernel.msgmni",
+                "kernel.sem",
+                "kernel.shmall",
+                "kernel.shmmax",
+                "kernel.shmmni",
+                "kernel.shm_rmid_forced",
+            ]
+            .contains(&key.as_str())
+        {
+            CloneFlags::CLONE_NEWIPC
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            CloneFlags::CLONE_NEWUTS
+        } else {
+            return Err(LaunchError::Spec(format!(
+                "linux.sysctl {key:?} is not namespaced: it would change the host"
+            )));
+        };
+        if !has(needs) {
+            return Err(LaunchError::Spec(format!(
+                "linux.sysctl {key:?} needs its own namespace ({needs:?}) in linux.namespaces"
+            )));
+        }
+    }
     if !private_uts && (spec.hostname().is_some() || spec.domainname().is_some()) {
         return Err(LaunchError::Spec(
             "hostname/domainname need a private UTS namespace: add {\"type\": \"uts\"} to linux.namespaces".into(),
