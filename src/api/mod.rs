@@ -363,6 +363,9 @@ pub fn spawn_sweeper(state: AppState, every: Duration) -> tokio::task::JoinHandl
             if let Err(e) = state.sweep().await {
                 tracing::error!(?e, "lease sweep failed");
             }
+            if let Err(e) = state.db(|s| s.maintenance()).await {
+                tracing::warn!(?e, "store maintenance failed");
+            }
         }
     })
 }
