@@ -488,7 +488,9 @@ impl JobCtx {
             .sandboxes_running
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _running = RunningGuard(state.clone());
-        let (tx, rx) = mpsc::channel(1024);
+        // At most 256 pending lines of at most 16 KiB each: a chatty job waits on its pipe
+        // instead of growing memory or losing lines.
+        let (tx, rx) = mpsc::channel(256);
         let writer = tokio::spawn(write_logs(state.clone(), exec.to_string(), rx));
         let out = child
             .stdout
