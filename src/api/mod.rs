@@ -415,17 +415,32 @@ pub fn open_state(
     config: Option<&std::path::Path>,
     insecure_no_cache_auth: bool,
 ) -> Result<AppState, ServeError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(state_dir).map_err(|source| ServeError::StateDir {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let sd = |source| ServeError::StateDir {
         path: state_dir.to_path_buf(),
         source,
-    })?;
-    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
-        |source| ServeError::StateDir {
-            path: state_dir.to_path_buf(),
-            source,
-        },
-    )?;
+    };
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(sd)?;
+    }
+    let mode = std::fs::metadata(state_dir)
+        .map_err(sd)?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        // Fail closed: others could swap the database or the secrets under us.
+        return Err(sd(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("writable by group or others (mode {:o})", mode & 0o777),
+        )));
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %state_dir.display(), "state directory is readable by others; secrets stay 0600 in secrets/ (0700)");
+    }
     let secrets = Secrets::load(state_dir, config)?;
     for (name, s) in secrets.metadata() {
         tracing::info!(secret = name, source = s.source.as_str(), fingerprint = %s.fingerprint(), "secret loaded");
