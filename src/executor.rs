@@ -76,6 +76,9 @@ pub fn orchestrator_id() -> String {
 pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Secrets passed to `jobcell run` through its environment (`--env NAME` inherits them), never argv,
+    /// which every user of the host can read in /proc.
+    pub env: Vec<(String, String)>,
 }
 
 /// Host-side files of one execution, in a private 0700 directory.
@@ -88,16 +91,19 @@ pub struct ExecDir {
 }
 
 impl ExecDir {
+    /// Creates `base/jobcell-<execution id>` with mode 0700. `base` must exist (a runtime or
+    /// temp directory); the name is unpredictable before the claim and `mkdir` never follows
+    /// a planted symlink, so the directory is always our own.
     pub fn create(base: &Path, execution_id: &str) -> Result<ExecDir, ExecutorError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ExecutorError::Io { path, source }
-        };
-        std::fs::create_dir_all(base).map_err(io(base))?;
-        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700)).map_err(io(base))?;
-        let dir = base.join(execution_id);
-        std::fs::create_dir(&dir).map_err(io(&dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = base.join(format!("jobcell-{execution_id}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| ExecutorError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         Ok(ExecDir {
             socket: dir.join("api.sock"),
             script: dir.join("script"),
@@ -105,6 +111,27 @@ impl ExecDir {
             dir,
         })
     }
+}
+
+/// Where per-execution directories go: `$XDG_RUNTIME_DIR` when it is set and private,
+/// otherwise the system temp directory. Short paths keep the socket under the 108-byte limit
+/// of Unix socket addresses.
+pub fn runtime_base() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        let d = PathBuf::from(d);
+        let private = std::fs::metadata(&d)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                m.is_dir() && m.uid() == me && m.permissions().mode() & 0o077 == 0
+            })
+            .unwrap_or(false);
+        if private {
+            return d;
+        }
+    }
+    std::env::temp_dir()
 }
 
 fn interpreter(kind: &str) -> Option<&'static str> {
@@ -154,7 +181,7 @@ pub fn build_launch(
         push("--env", format!("{k}={v}"));
     }
     push("--env", format!("JOBCELL_API=unix:{SANDBOX_SOCKET}"));
-    push("--env", format!("JOBCELL_TOKEN={token}"));
+    push("--env", "JOBCELL_TOKEN".to_string());
     push("--env", format!("JOBCELL_EXECUTION_ID={execution_id}"));
     push(
         "--env",
@@ -190,6 +217,7 @@ pub fn build_launch(
     Ok(Launch {
         program: exe.to_path_buf(),
         args: a,
+        env: vec![("JOBCELL_TOKEN".into(), token.to_string())],
     })
 }
 
@@ -291,7 +319,7 @@ pub fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, ExecutorError> {
     let exe = std::env::current_exe().map_err(ExecutorError::CurrentExe)?;
     let orch = orchestrator_id();
-    let run_dir = state.config.state_dir.join("run");
+    let run_dir = runtime_base();
     tracing::info!(orchestrator = %orch, max_jobs, "local executor started");
     Ok(tokio::spawn(executor_loop(
         state,
@@ -481,6 +509,7 @@ impl JobCtx {
         }
         let mut child = cmd
             .args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -503,7 +532,9 @@ impl JobCtx {
             .sandboxes_running
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _running = RunningGuard(state.clone());
-        let (tx, rx) = mpsc::channel(1024);
+        // At most 256 pending lines of at most 16 KiB each: a chatty job waits on its pipe
+        // instead of growing memory or losing lines.
+        let (tx, rx) = mpsc::channel(256);
         let writer = tokio::spawn(write_logs(state.clone(), exec.to_string(), rx));
         let out = child
             .stdout
@@ -651,8 +682,13 @@ mod tests {
         }));
         let l = build_launch(Path::new("/bin/jobcell"), &s, &dirs, "ex_1", "tok").unwrap();
         let a = l.args.join(" ");
+        assert!(!a.contains("tok "), "the token never appears in argv: {a}");
+        assert_eq!(
+            l.env,
+            vec![("JOBCELL_TOKEN".to_string(), "tok".to_string())]
+        );
         assert!(a.starts_with("run --profile strict --cpus 0.5 --memory 256M --pids 50 --tmpfs-size 64M --net none --env A=b "), "{a}");
-        assert!(a.contains("--env JOBCELL_API=unix:/run/jobcell/api.sock --env JOBCELL_TOKEN=tok --env JOBCELL_EXECUTION_ID=ex_1 --env PATH=/run/jobcell/bin:"));
+        assert!(a.contains("--env JOBCELL_API=unix:/run/jobcell/api.sock --env JOBCELL_TOKEN --env JOBCELL_EXECUTION_ID=ex_1 --env PATH=/run/jobcell/bin:"));
         assert!(a.contains("--bind /r/ex/api.sock:/run/jobcell/api.sock:rw --bind /bin/jobcell:/run/jobcell/bin/jobcell --bind /r/ex/script:/run/jobcell/script "));
         assert!(
             a.ends_with("--timeout 30s --json /r/ex/outcome.json -- python3 /run/jobcell/script"),

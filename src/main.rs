@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one command in a new sandbox (`-- COMMAND`), or an OCI container (`ID --bundle DIR`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this host supports: user namespaces, cgroup v2 delegation, seccomp, id-mapping helpers.
     Check,
     /// OCI: create a container from a bundle, stopped before its process starts.
@@ -170,7 +170,7 @@ struct RunArgs {
     /// Bind a host path: SRC:DST[:rw] (read-only unless :rw).
     #[arg(long = "bind", value_name = "SRC:DST[:rw]")]
     binds: Vec<String>,
-    /// Add K=V to the environment.
+    /// Add K=V to the environment (a bare K passes the value of K from jobcell's own environment).
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
     /// Working directory (a tmpfs; default /workspace).
@@ -412,7 +412,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Ctl(a) => ExitCode::from(jobcell::ctl::main(a).clamp(0, 255) as u8),
-        Cmd::Run(a) => run(a, &root),
+        Cmd::Run(a) => run(*a, &root),
         Cmd::Check => check(),
         Cmd::Create(a) => {
             let _ = (a.no_pivot, a.no_new_keyring);

@@ -846,8 +846,12 @@ fn apply(op: &Op, st: RawFd) {
     }
 }
 
+/// What the status pipe said: the first setup/exec error (exit code, message) and the payload's end
+/// (exit code, signal).
+pub type StatusRecords = (Option<(i32, String)>, Option<(i32, i32)>);
+
 /// Parses the status pipe's records as written by [`fail`] and [`finish`].
-pub fn parse_status(text: &str) -> (Option<(i32, String)>, Option<(i32, i32)>) {
+pub fn parse_status(text: &str) -> StatusRecords {
     let mut err = None;
     let mut done = None;
     for line in text.lines() {
