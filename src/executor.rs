@@ -478,11 +478,12 @@ impl JobCtx {
         let mut launch = build_launch(&self.exe, &spec, &dirs, exec, &token)?;
         // ACTIONS_CACHE_URL / ACTIONS_RUNTIME_TOKEN and the in-sandbox cache listener.
         let cache_ready =
-            crate::cache::sandbox::prepare(state, &mut launch.args, job_id, exec, &dirs.dir)
-                .map_err(|source| ExecutorError::Io {
+            crate::cache::sandbox::prepare(state, &mut launch, job_id, exec, &dirs.dir).map_err(
+                |source| ExecutorError::Io {
                     path: dirs.dir.clone(),
                     source,
-                })?;
+                },
+            )?;
         let mut ended = state.ended.subscribe();
         set_running_for(state, &self.orch, job_id)
             .await

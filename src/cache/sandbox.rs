@@ -2,8 +2,9 @@
 //! namespace with only `lo`, and HTTP-only clients such as `@actions/cache` cannot use the
 //! API's Unix socket, so the executor:
 //!
-//! 1. adds `ACTIONS_CACHE_URL=http://127.0.0.1:8427/` and `ACTIONS_RUNTIME_TOKEN=<cache
-//!    token>` to the sandbox's environment, bind-mounts a private "ready" directory, and runs
+//! 1. adds `ACTIONS_CACHE_URL=http://127.0.0.1:8427/` and `ACTIONS_RUNTIME_TOKEN` (the cache
+//!    token, passed through the environment of `jobcell run`, never its argv) to the
+//!    sandbox's environment, bind-mounts a private "ready" directory, and runs
 //!    the payload through `sh -c` that waits (at most ~10 s) for `ready/cache` before it
 //!    `exec`s the real command (same pid, same exit status);
 //! 2. finds the sandbox's pid 1 (a descendant of `jobcell run` in another network
@@ -34,10 +35,11 @@ pub fn sandbox_cache_url() -> String {
     format!("http://127.0.0.1:{SANDBOX_CACHE_PORT}/")
 }
 
-/// Adds the cache environment, the ready-directory bind and the waiting prologue to the
-/// arguments of `jobcell run` (`run FLAG VALUE ... -- COMMAND...`). Returns false (and
+/// Adds the cache environment (`ACTIONS_RUNTIME_TOKEN` by name only: its value travels in
+/// the environment of `jobcell run`), the ready-directory bind and the waiting prologue to
+/// the arguments of `jobcell run` (`run FLAG VALUE ... -- COMMAND...`). Returns false (and
 /// changes nothing) when the arguments do not have that shape.
-pub fn prepare_run_args(args: &mut Vec<String>, cache_token: &str, ready_dir: &Path) -> bool {
+pub fn prepare_run_args(args: &mut Vec<String>, ready_dir: &Path) -> bool {
     // Every flag of the executor's command line takes a value, so `--` is found at an odd
     // index after `run`.
     let Some(sep) = (1..args.len()).step_by(2).find(|&i| args[i] == "--") else {
@@ -53,7 +55,7 @@ pub fn prepare_run_args(args: &mut Vec<String>, cache_token: &str, ready_dir: &P
             "--env",
             format!("ACTIONS_CACHE_URL={}", sandbox_cache_url()),
         ),
-        ("--env", format!("ACTIONS_RUNTIME_TOKEN={cache_token}")),
+        ("--env", "ACTIONS_RUNTIME_TOKEN".to_string()),
         (
             "--bind",
             format!("{}:{SANDBOX_READY_DIR}", ready_dir.display()),
@@ -294,12 +296,12 @@ impl Drop for ListenerGuard {
     }
 }
 
-/// Prepares a job's `jobcell run` arguments for the cache (see the module doc); returns the
+/// Prepares a job's launch of `jobcell run` for the cache (see the module doc); returns the
 /// host side of the ready directory, or `None` when the server has no cache or the arguments
 /// are not of the expected shape.
 pub fn prepare(
     state: &crate::api::AppState,
-    args: &mut Vec<String>,
+    launch: &mut crate::executor::Launch,
     job_id: &str,
     execution_id: &str,
     exec_dir: &Path,
@@ -309,8 +311,14 @@ pub fn prepare(
     }
     let ready = exec_dir.join("ready");
     std::fs::create_dir(&ready)?;
+    if !prepare_run_args(&mut launch.args, &ready) {
+        return Ok(None);
+    }
     let token = crate::api::auth::cache_token(&state.secrets, job_id, execution_id);
-    Ok(prepare_run_args(args, &token, &ready).then_some(ready))
+    launch
+        .env
+        .push(("ACTIONS_RUNTIME_TOKEN".to_string(), token));
+    Ok(Some(ready))
 }
 
 /// Starts [`serve_in_sandbox`] for the `jobcell run` process `runner`.
@@ -341,13 +349,13 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        assert!(prepare_run_args(&mut a, "tok", Path::new("/r/ex/ready")));
+        assert!(prepare_run_args(&mut a, Path::new("/r/ex/ready")));
         let s = a.join(" ");
-        assert!(s.starts_with("run --env A=b --timeout 30s --env ACTIONS_CACHE_URL=http://127.0.0.1:8427/ --env ACTIONS_RUNTIME_TOKEN=tok --bind /r/ex/ready:/run/jobcell/ready -- sh -c "), "{s}");
+        assert!(s.starts_with("run --env A=b --timeout 30s --env ACTIONS_CACHE_URL=http://127.0.0.1:8427/ --env ACTIONS_RUNTIME_TOKEN --bind /r/ex/ready:/run/jobcell/ready -- sh -c "), "{s}");
         assert!(s.ends_with(" jobcell-cache-wait echo -- x"), "{s}");
         let mut bad: Vec<String> = ["run", "--env", "--", "x"].map(String::from).to_vec();
         let before = bad.clone();
-        assert!(!prepare_run_args(&mut bad, "tok", Path::new("/r")));
+        assert!(!prepare_run_args(&mut bad, Path::new("/r")));
         assert_eq!(bad, before);
     }
 }
