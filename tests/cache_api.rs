@@ -555,6 +555,20 @@ async fn keys_versions_and_bodies_are_validated() {
         let r = raw(&s.app, creq("GET", &path, Some(&tok), &[], Body::empty())).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{keys}");
     }
+    // Malformed query strings (a repeated field) get the generic error body too.
+    let r = raw(
+        &s.app,
+        creq(
+            "GET",
+            "/_apis/artifactcache/cache?keys=a&keys=b&version=v",
+            Some(&tok),
+            &[],
+            Body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    err_code(&r);
     let eleven = (0..11)
         .map(|i| format!("k{i}"))
         .collect::<Vec<_>>()

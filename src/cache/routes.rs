@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -289,10 +290,13 @@ fn base_url(cache: &Cache, headers: &HeaderMap) -> Result<String, ApiError> {
 async fn lookup(
     State(state): State<AppState>,
     caller: CacheCaller,
-    Query(q): Query<LookupQuery>,
+    q: Result<Query<LookupQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Fail> {
     let cache = cache_of(&state)?;
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad_request("invalid_query", "invalid query").detail(e.body_text())
+    })?;
     let keys_raw = q.keys.clone().unwrap_or_default();
     let version = q.version.clone().unwrap_or_default();
     let target = format!("{}/{}@{}", caller.scope, keys_raw, version);
@@ -625,7 +629,7 @@ struct DownloadQuery {
 async fn download(
     State(state): State<AppState>,
     Path(cache_id): Path<String>,
-    Query(q): Query<DownloadQuery>,
+    q: Result<Query<DownloadQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Fail> {
     let cache = cache_of(&state)?;
@@ -636,6 +640,10 @@ async fn download(
             .await;
         Fail::Api(ApiError::forbidden("forbidden", "forbidden"))
     };
+    let q = q.map(|Query(q)| q).unwrap_or(DownloadQuery {
+        exp: None,
+        sig: None,
+    });
     let exp = q.exp.as_deref().and_then(|e| e.parse::<i64>().ok());
     let (Ok(id), Some(exp), Some(sig)) = (cache_id.parse::<i64>(), exp, q.sig.as_deref()) else {
         return Err(denied("bad_signature").await);
