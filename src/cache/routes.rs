@@ -301,7 +301,7 @@ async fn lookup(
     let version = q.version.clone().unwrap_or_default();
     let target = format!("{}/{}@{}", caller.scope, keys_raw, version);
     let r = async {
-        let keys: Vec<String> = keys_raw.split(',').map(|k| k.trim().to_string()).collect();
+        let keys: Vec<String> = keys_raw.split(',').map(str::to_string).collect();
         if keys.len() > MAX_LOOKUP_KEYS {
             return Err(ApiError::bad_request("too_many_keys", "too many keys"));
         }
