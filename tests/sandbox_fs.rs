@@ -23,7 +23,10 @@ fn host_files_are_invisible() {
     planted.extend(plant(std::path::Path::new("/var/tmp"), "vartmp-marker"));
     planted.extend(plant(std::path::Path::new("/dev/shm"), "shm-marker"));
     assert!(!planted.is_empty(), "could not plant any marker");
-    let names: Vec<String> = planted.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = planted
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     // search the whole visible tree (excluding /proc) for the markers, by name
     let o = sh("find / -xdev -path /proc -prune -o -print 2>/dev/null; find /tmp /workspace /dev /etc -print 2>/dev/null; echo END");
     for p in &planted {
@@ -32,10 +35,22 @@ fn host_files_are_invisible() {
     assert_code(&o, 0);
     assert!(o.stdout.ends_with("END\n"));
     for n in &names {
-        assert!(!o.stdout.contains(n.as_str()), "host marker {n} visible inside");
+        assert!(
+            !o.stdout.contains(n.as_str()),
+            "host marker {n} visible inside"
+        );
     }
     // and by path
-    let checks: Vec<String> = planted.iter().map(|p| format!("test -e '{}' && echo VISIBLE '{}'", p.display(), p.display())).collect();
+    let checks: Vec<String> = planted
+        .iter()
+        .map(|p| {
+            format!(
+                "test -e '{}' && echo VISIBLE '{}'",
+                p.display(),
+                p.display()
+            )
+        })
+        .collect();
     let o = sh(&format!("{}; true", checks.join("; ")));
     assert_code(&o, 0);
     assert_eq!(o.stdout, "", "{o:#?}");
@@ -56,7 +71,12 @@ fn host_dirs_are_absent() {
 fn etc_is_generated_not_the_hosts() {
     let o = run(&[], &["cat", "/etc/passwd", "/etc/group"]);
     assert_code(&o, 0);
-    assert!(o.stdout.lines().any(|l| l.split(':').nth(2) == Some("1000")), "{o:#?}");
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.split(':').nth(2) == Some("1000")),
+        "{o:#?}"
+    );
     let host = std::fs::read_to_string("/etc/passwd").unwrap();
     // every host account but root and the job user is absent
     for l in host.lines() {
@@ -64,24 +84,54 @@ fn etc_is_generated_not_the_hosts() {
         if ["root", "nobody", "job"].contains(&name) || name.is_empty() {
             continue;
         }
-        assert!(!o.stdout.lines().any(|x| x.starts_with(&format!("{name}:"))), "host account {name} visible: {}", o.stdout);
+        assert!(
+            !o.stdout.lines().any(|x| x.starts_with(&format!("{name}:"))),
+            "host account {name} visible: {}",
+            o.stdout
+        );
     }
-    let o = run(&[], &["sh", "-c", "test -e /etc/shadow && echo shadow; test -e /etc/subuid && echo subuid; true"]);
+    let o = run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "test -e /etc/shadow && echo shadow; test -e /etc/subuid && echo subuid; true",
+        ],
+    );
     assert_code(&o, 0);
     assert_eq!(o.stdout, "");
 }
 
 #[test]
 fn root_usr_etc_are_read_only() {
-    for path in ["/x", "/usr/x", "/etc/x", "/etc/passwd", "/usr/bin/sh", "/bin/x", "/lib/x", "/proc/sys/kernel/hostname", "/proc/sysrq-trigger"] {
+    for path in [
+        "/x",
+        "/usr/x",
+        "/etc/x",
+        "/etc/passwd",
+        "/usr/bin/sh",
+        "/bin/x",
+        "/lib/x",
+        "/proc/sys/kernel/hostname",
+        "/proc/sysrq-trigger",
+    ] {
         let o = probe(&["write", path]);
         assert_code(&o, 0);
         let e = o.get("write");
-        assert!(e == "EROFS" || (e == "EACCES" && path.starts_with("/proc")) || (e == "ENOENT" && path == "/proc/sysrq-trigger"), "write {path}: {e}");
+        assert!(
+            e == "EROFS"
+                || (e == "EACCES" && path.starts_with("/proc"))
+                || (e == "ENOENT" && path == "/proc/sysrq-trigger"),
+            "write {path}: {e}"
+        );
     }
     let o = sh("mkdir /newdir 2>&1; touch /usr/newfile 2>&1; rm -f /etc/hosts 2>&1; ln -s x /etc/l 2>&1; true");
     assert_code(&o, 0);
-    assert_eq!(o.stdout.matches("Read-only file system").count(), 4, "{o:#?}");
+    assert_eq!(
+        o.stdout.matches("Read-only file system").count(),
+        4,
+        "{o:#?}"
+    );
 }
 
 #[test]
@@ -101,7 +151,10 @@ fn tmp_fills_up_at_its_size() {
     let l = o.lines();
     assert_eq!(l[0], "1", "dd must stop with ENOSPC: {o:#?}");
     let size: u64 = l[1].parse().unwrap();
-    assert!((7 << 20..=8 << 20).contains(&size), "filled {size} bytes of an 8M tmpfs");
+    assert!(
+        (7 << 20..=8 << 20).contains(&size),
+        "filled {size} bytes of an 8M tmpfs"
+    );
     // /workspace is limited as well
     let o = sh_with(&["--tmpfs-size", "8M"], "dd if=/dev/zero of=/workspace/fill bs=64k count=1000 2>/dev/null; stat -c %s /workspace/fill");
     assert_code(&o, 0);
@@ -114,7 +167,11 @@ fn file_size_rlimit_applies() {
     // default profile: RLIMIT_FSIZE 1G; the limit is visible and enforced
     let o = sh("ulimit -f");
     assert_code(&o, 0);
-    assert_eq!(o.stdout.trim(), "2097152", "ulimit -f counts 512-byte blocks: 1G = 2097152");
+    assert_eq!(
+        o.stdout.trim(),
+        "2097152",
+        "ulimit -f counts 512-byte blocks: 1G = 2097152"
+    );
 }
 
 #[test]
@@ -135,7 +192,11 @@ fn proc_sensitive_paths_are_masked() {
 
 #[test]
 fn proc_sys_and_friends_are_read_only() {
-    for p in ["/proc/sys/kernel/domainname", "/proc/sys/vm/drop_caches", "/proc/sys/net/ipv4/ip_forward"] {
+    for p in [
+        "/proc/sys/kernel/domainname",
+        "/proc/sys/vm/drop_caches",
+        "/proc/sys/net/ipv4/ip_forward",
+    ] {
         let o = probe(&["write", p]);
         assert_code(&o, 0);
         assert_eq!(o.get("write"), "EROFS", "{p}");
@@ -155,10 +216,14 @@ fn dev_is_minimal() {
     assert_code(&o, 0);
     let l = o.lines();
     let devs: Vec<&str> = l[0].split_whitespace().collect();
-    for d in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"] {
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm",
+    ] {
         assert!(devs.contains(&d), "/dev/{d} missing: {devs:?}");
     }
-    for d in ["sda", "vda", "mem", "kmsg", "port", "nvme0", "loop0", "fuse", "kvm"] {
+    for d in [
+        "sda", "vda", "mem", "kmsg", "port", "nvme0", "loop0", "fuse", "kvm",
+    ] {
         assert!(!devs.contains(&d), "/dev/{d} present: {devs:?}");
     }
     assert_eq!(&l[1..], &["null-ok", "4", "4"]);
@@ -185,7 +250,10 @@ fn bind_is_read_only_by_default() {
     let o = sh_with(&["--bind", &bind], "cat /data/in; echo; (echo x > /data/in) 2>/dev/null || echo fail1; (echo x > /data/new) 2>/dev/null || echo fail2");
     assert_code(&o, 0);
     assert_eq!(o.lines(), vec!["hello", "fail1", "fail2"], "{o:#?}");
-    assert_eq!(std::fs::read_to_string(d.path().join("in")).unwrap(), "hello");
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("in")).unwrap(),
+        "hello"
+    );
     assert!(!d.path().join("new").exists());
     let o = probe_with(&["--bind", &bind], &["write", "/data/in"]);
     assert_eq!(o.get("write"), "EROFS");
@@ -195,14 +263,21 @@ fn bind_is_read_only_by_default() {
 fn bind_rw_is_writable_and_files_belong_to_the_caller() {
     let d = tempdir();
     let bind = format!("{}:/out:rw", d.path().display());
-    let o = sh_with(&["--bind", &bind], "echo result > /out/file && mkdir /out/sub && echo ok");
+    let o = sh_with(
+        &["--bind", &bind],
+        "echo result > /out/file && mkdir /out/sub && echo ok",
+    );
     assert_code(&o, 0);
     assert_eq!(o.stdout, "ok\n");
     let f = d.path().join("file");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "result\n");
     let (uid, gid) = host_ids();
     let m = std::fs::metadata(&f).unwrap();
-    assert_eq!((m.uid(), m.gid()), (uid, gid), "file written through :rw bind must belong to the caller");
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (uid, gid),
+        "file written through :rw bind must belong to the caller"
+    );
     let m = std::fs::metadata(d.path().join("sub")).unwrap();
     assert_eq!((m.uid(), m.gid()), (uid, gid));
 }

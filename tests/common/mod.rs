@@ -30,12 +30,17 @@ pub struct Out {
 impl Out {
     /// stderr without jobcell's host warnings (cgroup limits not enforced, single-id fallback).
     pub fn errors(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| !l.starts_with("jobcell: warning:")).collect()
+        self.stderr
+            .lines()
+            .filter(|l| !l.starts_with("jobcell: warning:"))
+            .collect()
     }
     /// Value of a `key=value` line printed by the probe.
     pub fn kv(&self, key: &str) -> Option<&str> {
         let prefix = format!("{key}=");
-        self.stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str()))
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
     }
     /// Like [`Out::kv`] but panics with the whole output when the key is missing.
     pub fn get(&self, key: &str) -> &str {
@@ -54,23 +59,30 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn command(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
-    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     c
 }
 
 /// Waits for `child` at most `deadline`, killing it after that (the test then fails on the exit code).
 pub fn finish(mut child: Child, deadline: Duration) -> Out {
     let start = Instant::now();
-    let mut so = child.stdout.take().expect("stdout piped");
-    let mut se = child.stderr.take().expect("stderr piped");
+    let so = child.stdout.take();
+    let se = child.stderr.take();
     let t1 = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
+        if let Some(mut so) = so {
+            let _ = so.read_to_string(&mut s);
+        }
         s
     });
     let t2 = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
+        if let Some(mut se) = se {
+            let _ = se.read_to_string(&mut s);
+        }
         s
     });
     let status = loop {
@@ -85,8 +97,15 @@ pub fn finish(mut child: Child, deadline: Duration) -> Out {
     };
     let elapsed = start.elapsed();
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or_else(|| 1000 + status.signal().unwrap_or(0));
-    Out { code, stdout: t1.join().unwrap(), stderr: t2.join().unwrap(), elapsed }
+    let code = status
+        .code()
+        .unwrap_or_else(|| 1000 + status.signal().unwrap_or(0));
+    Out {
+        code,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
+        elapsed,
+    }
 }
 
 /// `jobcell ARGS...` with the default deadline.
@@ -121,7 +140,10 @@ pub fn assert_code(o: &Out, code: i32) {
 
 /// A private temp directory of the test user (world-readable so binds work with any id mapping).
 pub fn tempdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("jobcell-test-").tempdir().expect("tempdir");
+    let d = tempfile::Builder::new()
+        .prefix("jobcell-test-")
+        .tempdir()
+        .expect("tempdir");
     set_mode(d.path(), 0o755);
     d
 }
@@ -183,8 +205,15 @@ pub fn host_ids() -> (u32, u32) {
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("jobcell-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "jobcell-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Host pids whose command line contains `needle`.
@@ -192,11 +221,15 @@ pub fn pids_with(needle: &str) -> Vec<(i32, String)> {
     let mut v = Vec::new();
     let me = std::process::id() as i32;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
         if cmd.contains(needle) {
             v.push((pid, cmd));

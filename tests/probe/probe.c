@@ -9,6 +9,8 @@
  *   probe ifaces           every network interface: iface=NAME up=0|1 loopback=0|1
  *   probe write PATH       open(O_WRONLY|O_CREAT|O_TRUNC) + write 1 byte; prints write=0|ERRNO_NAME
  *   probe mknod            mknod char dev, block dev, fifo in /tmp; prints chr=.. blk=.. fifo=..
+ *   probe ioctl            ordinary ioctls: FIONREAD on a pipe (fionread=3), TCGETS on /dev/null (tcgets=ENOTTY)
+ *   probe sleep SECS ...   sleeps (extra arguments are markers that show up in /proc/PID/cmdline)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -181,6 +183,9 @@ static int try_sys(const char *n) {
 }
 
 static int cmd_kill1(void) {
+    /* pid 1 forwards what it receives to the payload (us): ignore those so we live to report */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     printf("kill_sigkill=%s\n", ename(kill(1, SIGKILL) ? errno : 0));
     printf("kill_sigterm=%s\n", ename(kill(1, SIGTERM) ? errno : 0));
     printf("kill_sigint=%s\n", ename(kill(1, SIGINT) ? errno : 0));
@@ -265,12 +270,11 @@ static int cmd_ifaces(void) {
         struct ifreq r;
         memset(&r, 0, sizeof r);
         strncpy(r.ifr_name, i->if_name, IFNAMSIZ - 1);
-        int up = -1, lo = -1;
-        if (ioctl(s, SIOCGIFFLAGS, &r) == 0) {
-            up = (r.ifr_flags & IFF_UP) ? 1 : 0;
-            lo = (r.ifr_flags & IFF_LOOPBACK) ? 1 : 0;
-        }
-        printf("iface=%s up=%d loopback=%d\n", i->if_name, up, lo);
+        if (ioctl(s, SIOCGIFFLAGS, &r) == 0)
+            printf("iface=%s up=%d loopback=%d\n", i->if_name, (r.ifr_flags & IFF_UP) ? 1 : 0,
+                   (r.ifr_flags & IFF_LOOPBACK) ? 1 : 0);
+        else
+            printf("iface=%s up=%s loopback=%s\n", i->if_name, ename(errno), ename(errno));
     }
     if_freenameindex(ifs);
     return 0;
@@ -299,6 +303,21 @@ static int cmd_mknod(void) {
     return 0;
 }
 
+static int cmd_ioctl(void) {
+    int p[2];
+    if (pipe(p)) return 1;
+    if (write(p[1], "abc", 3) != 3) return 1;
+    int n = -1;
+    int r = ioctl(p[0], FIONREAD, &n);
+    if (r) printf("fionread=%s\n", ename(errno));
+    else printf("fionread=%d\n", n);
+    struct termios t;
+    int fd = open("/dev/null", O_RDWR);
+    r = ioctl(fd, TCGETS, &t);
+    printf("tcgets=%s\n", ename(r ? errno : 0));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) return 2;
@@ -314,6 +333,8 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "ifaces")) return cmd_ifaces();
     if (!strcmp(c, "write") && argc > 2) return cmd_write(argv[2]);
     if (!strcmp(c, "mknod")) return cmd_mknod();
+    if (!strcmp(c, "ioctl")) return cmd_ioctl();
+    if (!strcmp(c, "sleep") && argc > 2) return sleep((unsigned)atoi(argv[2])), 0;
     fprintf(stderr, "probe: bad arguments\n");
     return 2;
 }
