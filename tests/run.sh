@@ -55,18 +55,19 @@ SANDBOX=()
 for e in "${EXES[@]}"; do
     IFS=$'\t' read -r kind name path <<<"$e"
     if [ "$kind" = test ]; then
-        case "$name" in sandbox_*) SANDBOX+=("$name"$'\t'"$path") ;; esac
+        # every integration test (sandbox_*, cgroup_limits, ...) runs as the unprivileged user
+        SANDBOX+=("$name"$'\t'"$path")
     else
         UNIT+=("$name"$'\t'"$path")
     fi
 done
-[ "${#SANDBOX[@]}" -gt 0 ] || { echo "tests/run.sh: no sandbox_* test executables found" >&2; exit 1; }
+[ "${#SANDBOX[@]}" -gt 0 ] || { echo "tests/run.sh: no integration test executables found" >&2; exit 1; }
 JOBCELL=$ROOT/target/release/jobcell
 
 say "unit tests"
 for e in "${UNIT[@]}"; do
     IFS=$'\t' read -r name path <<<"$e"
-    echo "-- $name ($path)"
+    echo "-- $name [unit] ($path)"
     "$path" ${FILTER:+"$FILTER"} || FAILED=1
 done
 
@@ -102,7 +103,7 @@ stage() {
         IFS=$'\t' read -r name path <<<"$e"
         cp "$path" "$dir/$name"
     done
-    chmod 755 "$dir" "$dir"/jobcell "$dir"/sandbox_*
+    chmod 755 "$dir" "$dir"/*
     chmod 1777 "$dir/tmp"
     [ -z "$owner" ] || chown -R "$owner:" "$dir/tmp"
 }
