@@ -4,6 +4,7 @@
 //! failed before the command started; 126 not executable; 127 not found.
 
 use clap::{Args, Parser, Subcommand};
+use jobcell::oci::{self, CreateOpts, ExecOpts, OciError};
 use jobcell::profile::{self, RunRequest};
 use jobcell::sandbox;
 use std::io::Write;
@@ -11,22 +12,140 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "jobcell", version, about = "A rootless sandbox runtime for untrusted jobs")]
+#[command(
+    name = "jobcell",
+    version,
+    about = "A rootless sandbox runtime for untrusted jobs"
+)]
 struct Cli {
+    /// OCI state directory (default: /run/jobcell as root, $XDG_RUNTIME_DIR/jobcell rootless).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Also write errors to this file (OCI runtime convention).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Format of --log: text or json.
+    #[arg(long = "log-format", global = true, default_value = "text")]
+    log_format: String,
+    /// Accepted for runc compatibility; jobcell manages cgroupfs directly.
+    #[arg(long = "systemd-cgroup", global = true)]
+    systemd_cgroup: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run one command in a new sandbox.
-    Run(RunArgs),
+    /// Run one command in a new sandbox (`-- COMMAND`), or an OCI container (`ID --bundle DIR`).
+    Run(Box<RunArgs>),
     /// Report what this host supports: user namespaces, cgroup v2 delegation, seccomp, id-mapping helpers.
     Check,
+    /// OCI: create a container from a bundle, stopped before its process starts.
+    Create(CreateArgs),
+    /// OCI: start a created container's process.
+    Start { id: String },
+    /// OCI: print a container's state JSON.
+    State { id: String },
+    /// OCI: send a signal (default TERM) to a container.
+    Kill {
+        id: String,
+        signal: Option<String>,
+        /// Signal every process of the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// OCI: delete a stopped container (--force kills a running one).
+    Delete {
+        id: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// OCI: write a default config.json into the bundle directory.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// A spec for rootless containers (user namespace mapping the caller to root).
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// OCI: print the runtime's features JSON.
+    Features,
+    /// OCI: list the processes of a container.
+    Ps {
+        id: String,
+        /// table or json
+        #[arg(short, long, default_value = "table")]
+        format: String,
+    },
+    /// OCI: run a process in a running container.
+    Exec(ExecArgs),
+    /// Run the embedded API server (and, with --executor local, run claimed jobs here).
+    Serve(jobcell::api::ServeArgs),
+    /// Helper for job scripts inside a sandbox (talks to the runtime API).
+    Ctl(jobcell::ctl::CtlArgs),
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    id: String,
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility (jobcell always uses pivot_root).
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    id: String,
+    /// Process JSON (runtime-spec `process` object).
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    #[arg(short, long)]
+    tty: bool,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// UID[:GID]
+    #[arg(short, long)]
+    user: Option<String>,
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    command: Vec<String>,
 }
 
 #[derive(Args)]
 struct RunArgs {
+    /// OCI container id: run the bundle as a container (create + start, then wait and delete).
+    #[arg(value_name = "ID")]
+    id: Option<String>,
+    /// OCI bundle directory (config.json + rootfs) instead of building a spec.
+    #[arg(short, long)]
+    bundle: Option<PathBuf>,
+    /// OCI: write the container's pid here.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// OCI: socket that receives the terminal master when process.terminal is set.
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// OCI: return once the container has started.
+    #[arg(short, long)]
+    detach: bool,
+    /// OCI: keep the container after it exits.
+    #[arg(long)]
+    keep: bool,
     /// Preset from profiles/ (default: "default") or a path to a .toml file.
     #[arg(long)]
     profile: Option<String>,
@@ -88,7 +207,7 @@ struct RunArgs {
     #[arg(long, value_name = "PATH|-")]
     json: Option<String>,
     /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
 
@@ -97,7 +216,43 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(125)
 }
 
-fn run(a: RunArgs) -> ExitCode {
+fn run(a: RunArgs, root: &std::path::Path) -> ExitCode {
+    if let Some(id) = &a.id {
+        let o = CreateOpts {
+            bundle: a.bundle.clone().unwrap_or_else(|| PathBuf::from(".")),
+            pid_file: a.pid_file.clone(),
+            console_socket: a.console_socket.clone(),
+        };
+        return match oci::run(root, id, &o, a.detach, a.keep) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => oci_fail(e),
+        };
+    }
+    if let Some(bundle) = &a.bundle {
+        let (mut spec, _) = match oci::load_bundle(bundle) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        if !a.command.is_empty() {
+            if let Some(p) = spec.process_mut() {
+                p.set_args(Some(a.command.clone()));
+            }
+        }
+        let mut opts = oci::bundle_launch_options(&spec);
+        opts.require_limits = a.require_limits;
+        if let Some(t) = &a.timeout {
+            match jobcell::units::parse_duration(t) {
+                Ok(d) => opts.timeout = Some(d),
+                Err(e) => return fail(format!("--timeout: {e}")),
+            }
+        }
+        return finish_run(&spec, &opts, a.json.as_deref(), a.timeout.as_deref());
+    }
+    if a.command.is_empty() {
+        return fail(
+            "no command given: use `jobcell run [OPTIONS] -- COMMAND [ARGS...]`, or `--bundle DIR`",
+        );
+    }
     let req = RunRequest {
         profile: a.profile,
         rootfs: a.rootfs,
@@ -113,7 +268,13 @@ fn run(a: RunArgs) -> ExitCode {
         net: a.net,
         seccomp: a.seccomp,
         cap_add: a.cap_add,
-        read_only: if a.writable_root { Some(false) } else if a.read_only { Some(true) } else { None },
+        read_only: if a.writable_root {
+            Some(false)
+        } else if a.read_only {
+            Some(true)
+        } else {
+            None
+        },
         timeout: a.timeout,
         require_limits: a.require_limits,
         strict: a.strict,
@@ -123,8 +284,18 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
+    finish_run(&spec, &opts, a.json.as_deref(), req.timeout.as_deref())
+}
+
+/// Launches a supervised sandbox, waits for it, writes the outcome; returns the contract's exit status.
+fn finish_run(
+    spec: &oci_spec::runtime::Spec,
+    opts: &profile::LaunchOptions,
+    json: Option<&str>,
+    timeout: Option<&str>,
+) -> ExitCode {
     // Open the outcome file before anything starts, so a bad path changes nothing.
-    let mut json_out: Option<Box<dyn Write>> = match a.json.as_deref() {
+    let mut json_out: Option<Box<dyn Write>> = match json {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout())),
         Some(p) => match std::fs::File::create(p) {
@@ -132,15 +303,19 @@ fn run(a: RunArgs) -> ExitCode {
             Err(e) => return fail(format!("--json {p}: {e}")),
         },
     };
-    let outcome = match sandbox::launch(&spec, &opts).and_then(|s| s.wait()) {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
+    let outcome =
+        match sandbox::launch(spec, opts, sandbox::Mode::Supervised).and_then(|s| s.wait()) {
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
     if let Some(msg) = &outcome.error {
         eprintln!("jobcell: {msg}");
     }
     if outcome.timed_out {
-        eprintln!("jobcell: timed out after {}", req.timeout.as_deref().unwrap_or("the profile's timeout"));
+        eprintln!(
+            "jobcell: timed out after {}",
+            timeout.unwrap_or("the profile's timeout")
+        );
     }
     if let Some(out) = json_out.as_mut() {
         let _ = serde_json::to_writer(&mut *out, &outcome);
@@ -163,25 +338,134 @@ fn check() -> ExitCode {
     match jobcell::cgroup::find_base() {
         Ok(b) => {
             let ctl = std::fs::read_to_string(b.join("cgroup.controllers")).unwrap_or_default();
-            println!("cgroup limits: enforced (delegated {} with controllers: {})", b.display(), ctl.trim());
+            println!(
+                "cgroup limits: enforced (delegated {} with controllers: {})",
+                b.display(),
+                ctl.trim()
+            );
         }
         Err(r) => {
             println!("cgroup limits: not enforced, rlimits only ({r})");
             println!("  fix: boot with systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all, and delegate a cgroup to this user (systemd Delegate=yes, or chown a directory and set JOBCELL_CGROUP_PARENT)");
         }
     }
-    let seccomp_ok = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.contains("Seccomp:"));
+    let seccomp_ok =
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.contains("Seccomp:"));
     println!("seccomp: {}", yes_no(seccomp_ok));
-    let have = |n: &str| ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(n).exists());
-    println!("newuidmap/newgidmap: {}", yes_no(have("newuidmap") && have("newgidmap")));
+    let have = |n: &str| {
+        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(n).exists())
+    };
+    println!(
+        "newuidmap/newgidmap: {}",
+        yes_no(have("newuidmap") && have("newgidmap"))
+    );
     println!("pasta (egress): {}", yes_no(have("pasta")));
     ExitCode::SUCCESS
 }
 
+/// Where OCI verb errors are also logged (`--log`, `--log-format`).
+static LOG: std::sync::OnceLock<(PathBuf, bool)> = std::sync::OnceLock::new();
+
+fn oci_fail(e: impl std::fmt::Display) -> ExitCode {
+    let msg = e.to_string();
+    eprintln!("jobcell: {msg}");
+    if let Some((path, json)) = LOG.get() {
+        let line = if *json {
+            serde_json::json!({"level": "error", "msg": msg}).to_string()
+        } else {
+            format!("level=error msg={msg:?}")
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+    ExitCode::from(1)
+}
+
+fn parse_ids(s: &str) -> Result<(u32, u32), String> {
+    profile::parse_user(s).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(p) = &cli.log {
+        let _ = LOG.set((p.clone(), cli.log_format == "json"));
+    }
+    let _ = cli.systemd_cgroup;
+    let root = cli.root.clone().unwrap_or_else(oci::state::default_root);
+    let done = |r: Result<(), OciError>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => oci_fail(e),
+    };
     match cli.cmd {
-        Cmd::Run(a) => run(a),
+        Cmd::Serve(a) => match jobcell::api::serve_main(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jobcell serve: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Ctl(a) => ExitCode::from(jobcell::ctl::main(a).clamp(0, 255) as u8),
+        Cmd::Run(a) => run(*a, &root),
         Cmd::Check => check(),
+        Cmd::Create(a) => {
+            let _ = (a.no_pivot, a.no_new_keyring);
+            let o = CreateOpts {
+                bundle: a.bundle,
+                pid_file: a.pid_file,
+                console_socket: a.console_socket,
+            };
+            done(oci::create(&root, &a.id, &o))
+        }
+        Cmd::Start { id } => done(oci::start(&root, &id)),
+        Cmd::State { id } => done(
+            oci::state(&root, &id)
+                .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
+        ),
+        Cmd::Kill { id, signal, all } => done(oci::kill(
+            &root,
+            &id,
+            signal.as_deref().unwrap_or("TERM"),
+            all,
+        )),
+        Cmd::Delete { id, force } => done(oci::delete(&root, &id, force)),
+        Cmd::Spec { bundle, rootless } => done(oci::spec(&bundle, rootless)),
+        Cmd::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&oci::features()).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Ps { id, format } => {
+            done(oci::ps(&root, &id, format == "json").map(|s| print!("{s}")))
+        }
+        Cmd::Exec(a) => {
+            let user = match a.user.as_deref().map(parse_ids).transpose() {
+                Ok(u) => u,
+                Err(e) => return oci_fail(format!("--user: {e}")),
+            };
+            let o = ExecOpts {
+                process_file: a.process,
+                args: a.command,
+                env: a.env,
+                cwd: a.cwd,
+                user,
+                tty: a.tty,
+                console_socket: a.console_socket,
+                detach: a.detach,
+                pid_file: a.pid_file,
+            };
+            match oci::exec(&root, &a.id, &o) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => oci_fail(e),
+            }
+        }
     }
 }

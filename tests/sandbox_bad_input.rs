@@ -1,8 +1,8 @@
 //! Bad input: every refusal exits 125 before anything starts, with ONE line on stderr naming the field, and
 //! creates nothing (no outcome file, no files through binds, payload never runs).
 
-mod common;
-use common::*;
+mod sandbox_common;
+use sandbox_common::*;
 
 /// Runs `jobcell run ARGS... --json OUT --bind DIR:/out:rw -- sh -c 'touch /out/ran'` and checks the refusal.
 #[track_caller]
@@ -10,7 +10,7 @@ fn refused(args: &[&str], must_mention: &[&str]) {
     let d = tempdir();
     let out = d.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    common::set_mode(&out, 0o777);
+    sandbox_common::set_mode(&out, 0o777);
     let json = d.path().join("outcome.json");
     let bind = format!("{}:/out:rw", out.display());
     let mut a: Vec<&str> = vec!["run"];
@@ -108,7 +108,7 @@ fn profile_file_with_unknown_field() {
     let d = tempdir();
     let p = d.path().join("bad.toml");
     std::fs::write(&p, "memory = \"64M\"\nmemroy_typo = \"1G\"\n").unwrap();
-    common::set_mode(&p, 0o644);
+    sandbox_common::set_mode(&p, 0o644);
     refused(
         &["--profile", p.to_str().unwrap()],
         &["memroy_typo", "bad.toml"],
@@ -120,7 +120,7 @@ fn profile_file_with_bad_value() {
     let d = tempdir();
     let p = d.path().join("badval.toml");
     std::fs::write(&p, "pids = \"many\"\n").unwrap();
-    common::set_mode(&p, 0o644);
+    sandbox_common::set_mode(&p, 0o644);
     refused(&["--profile", p.to_str().unwrap()], &["pids"]);
 }
 
@@ -133,7 +133,7 @@ fn seccomp_file_invalid_json() {
         "{\"defaultAction\": \"SCMP_ACT_ALLOW\", \"syscalls\": [",
     )
     .unwrap();
-    common::set_mode(&p, 0o644);
+    sandbox_common::set_mode(&p, 0o644);
     refused(
         &["--seccomp", p.to_str().unwrap()],
         &["seccomp", "bad.json"],
@@ -155,7 +155,7 @@ fn seccomp_unknown_syscall_with_strict() {
         r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,"syscalls":[{"names":["read","no_such_syscall_xyz"],"action":"SCMP_ACT_ALLOW"}]}"#,
     )
     .unwrap();
-    common::set_mode(&p, 0o644);
+    sandbox_common::set_mode(&p, 0o644);
     refused(
         &["--seccomp", p.to_str().unwrap(), "--strict"],
         &["no_such_syscall_xyz"],
@@ -171,7 +171,7 @@ fn seccomp_unknown_syscall_without_strict_warns_and_runs() {
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["no_such_syscall_xyz"],"action":"SCMP_ACT_ERRNO"}]}"#,
     )
     .unwrap();
-    common::set_mode(&p, 0o644);
+    sandbox_common::set_mode(&p, 0o644);
     let o = run(
         &["--seccomp", p.to_str().unwrap()],
         &["sh", "-c", "echo ran"],

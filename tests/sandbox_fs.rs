@@ -1,7 +1,7 @@
 //! Filesystem isolation: host files invisible, read-only root, size-limited tmpfs, masked /proc, binds.
 
-mod common;
-use common::*;
+mod sandbox_common;
+use sandbox_common::*;
 use std::os::unix::fs::MetadataExt;
 
 /// Plants a marker file in `dir` (if we may write there); returns its path.
@@ -245,7 +245,7 @@ fn mknod_device_refused_mkfifo_works() {
 fn bind_is_read_only_by_default() {
     let d = tempdir();
     std::fs::write(d.path().join("in"), "hello").unwrap();
-    common::set_mode(&d.path().join("in"), 0o666);
+    sandbox_common::set_mode(&d.path().join("in"), 0o666);
     let bind = format!("{}:/data", d.path().display());
     let o = sh_with(&["--bind", &bind], "cat /data/in; echo; (echo x > /data/in) 2>/dev/null || echo fail1; (echo x > /data/new) 2>/dev/null || echo fail2");
     assert_code(&o, 0);
@@ -287,7 +287,7 @@ fn bind_of_a_file_and_nested_destination() {
     let d = tempdir();
     let f = d.path().join("conf");
     std::fs::write(&f, "k=v\n").unwrap();
-    common::set_mode(&f, 0o644);
+    sandbox_common::set_mode(&f, 0o644);
     let bind = format!("{}:/cfg/app/conf", f.display());
     let o = run(&["--bind", &bind], &["cat", "/cfg/app/conf"]);
     assert_code(&o, 0);

@@ -1,7 +1,7 @@
 //! Identity and privileges inside the sandbox: ids, capabilities, no_new_privs, seccomp mode, id mapping.
 
-mod common;
-use common::*;
+mod sandbox_common;
+use sandbox_common::*;
 
 fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
     status

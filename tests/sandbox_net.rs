@@ -1,7 +1,7 @@
 //! Network isolation: own namespace with only lo (up); host loopback services and abstract sockets unreachable.
 
-mod common;
-use common::*;
+mod sandbox_common;
+use sandbox_common::*;
 use std::os::linux::net::SocketAddrExt;
 use std::time::Duration;
 

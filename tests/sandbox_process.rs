@@ -1,7 +1,7 @@
 //! Processes and signals: pid namespace, pid 1, fork limits, exit statuses, timeouts, signal forwarding, cleanup.
 
-mod common;
-use common::*;
+mod sandbox_common;
+use sandbox_common::*;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The default seccomp allowlist, probed with raw syscalls from inside.
 
-mod common;
-use common::*;
+mod sandbox_common;
+use sandbox_common::*;
 
 /// Syscall families the default profile must refuse with EPERM (probe test name -> errno).
 const DENIED: &[&str] = &[
@@ -178,7 +178,7 @@ fn custom_seccomp_file_is_applied() {
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["getpid"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
     )
     .unwrap();
-    common::set_mode(&f, 0o644);
+    sandbox_common::set_mode(&f, 0o644);
     let o = probe_with(
         &["--seccomp", f.to_str().unwrap()],
         &["sys", "getpid", "keyctl"],

@@ -24,28 +24,90 @@ const BASE: &str = "/tmp";
 const NEWROOT: &str = "/newroot";
 const OLDROOT: &str = "/oldroot";
 
+/// Identity of the container process inside its user namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// setgroups(2) is permitted (false with a single-id map, where /proc/PID/setgroups says deny).
+    pub setgroups_allowed: bool,
+}
+
+/// The five capability sets of the container process.
+#[derive(Debug, Clone, Default)]
+pub struct CapSets {
+    pub bounding: Vec<caps::Capability>,
+    pub effective: Vec<caps::Capability>,
+    pub permitted: Vec<caps::Capability>,
+    pub inheritable: Vec<caps::Capability>,
+    pub ambient: Vec<caps::Capability>,
+}
+
+/// A hook run from inside the sandbox (OCI createContainer / startContainer).
+#[derive(Debug, Clone)]
+pub struct HookCmd {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub timeout: Option<u32>,
+}
+
+/// How pid 1 behaves once the sandbox is set up.
+pub enum ChildMode {
+    /// `jobcell run`: pid 1 is jobcell's reaper, the payload its child; dies with the supervisor.
+    Supervised,
+    /// OCI container: pid 1 becomes the container process after `start` opens the exec FIFO.
+    Container {
+        /// O_PATH descriptor of `exec.fifo` in the state directory.
+        fifo: RawFd,
+        /// Connected `--console-socket`, when `process.terminal` is set.
+        console: Option<RawFd>,
+        create_container: Vec<HookCmd>,
+        start_container: Vec<HookCmd>,
+    },
+    /// OCI `exec`: a process started inside a running container's namespaces.
+    Exec {
+        /// Connected `--console-socket`, when a terminal is requested.
+        console: Option<RawFd>,
+    },
+}
+
 /// What pid 1 needs, prepared by the supervisor before clone (so the child mostly performs syscalls).
 pub struct ChildConfig {
     pub fs: FsPlan,
     pub hostname: Option<String>,
+    pub domainname: Option<String>,
     pub args: Vec<CString>,
     pub env: Vec<CString>,
     pub path_dirs: Vec<String>,
     pub cwd: PathBuf,
-    pub drop_supplementary_groups: bool,
-    pub keep_caps: Vec<caps::Capability>,
-    pub rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+    pub ids: Identity,
+    pub caps: CapSets,
+    pub no_new_privs: bool,
+    /// (resource, soft, hard)
+    pub rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     pub seccomp: Option<CompiledFilter>,
     pub umask: u32,
+    pub oom_score_adj: Option<i32>,
+    /// Namespaces to join by path (setns) instead of creating.
+    pub join: Vec<(nix::sched::CloneFlags, PathBuf)>,
+    /// OCI `exec`: a pidfd of the container's pid 1 and the namespaces to join through it.
+    pub join_pidfd: Option<(RawFd, nix::sched::CloneFlags)>,
+    /// A new network namespace was created: bring `lo` up.
+    pub new_netns: bool,
     /// Signals pid 1 forwards to the payload (blocked by the supervisor before clone).
     pub forward: SigSet,
+    pub mode: ChildMode,
 }
 
 /// Reports a failure on the status pipe and exits with `code`.
 fn fail(status: RawFd, code: i32, msg: &str) -> ! {
     let line = format!("E {code} {}\n", msg.replace('\n', " "));
     // SAFETY: `status` is the write end of the status pipe, open for the life of this process.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(status) });
+    let mut f = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(status)
+    });
     let _ = f.write_all(line.as_bytes());
     // SAFETY: _exit ends the process without running destructors or atexit handlers of the forked image.
     unsafe { libc::_exit(code) }
@@ -63,37 +125,118 @@ impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
     }
 }
 
-/// Pid 1 of the sandbox. `sync` delivers one byte once the id maps (and cgroup) are in place.
+/// Pid 1 of the sandbox. `sync` delivers the release message (and the OCI state JSON for hooks) once the id
+/// maps, cgroup and runtime hooks are in place; EOF without it means the supervisor gave up.
 pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
     let st = status.as_raw_fd();
-    // Die with the supervisor, even on SIGKILL; the sync read below catches a supervisor that is already gone.
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
-        fail(st, 125, "prctl(PR_SET_PDEATHSIG) failed");
+    if matches!(cfg.mode, ChildMode::Supervised) {
+        // Die with the supervisor, even on SIGKILL; the sync read below catches one that is already gone.
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+            fail(st, 125, "prctl(PR_SET_PDEATHSIG) failed");
+        }
     }
-    let mut b = [0u8; 1];
-    match nix::unistd::read(&sync, &mut b) {
-        Ok(1) => {}
-        // SAFETY: see fail(); the supervisor gave up on us (or died), nothing to report to.
-        _ => unsafe { libc::_exit(125) },
+    let mut msg = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(sync), &mut msg);
+    if msg.first() != Some(&b'g') {
+        // SAFETY: _exit without destructors; the supervisor gave up on us (or died), nothing to report to.
+        unsafe { libc::_exit(125) };
     }
-    drop(sync);
+    let state_json = &msg[1..];
 
-    if cfg.drop_supplementary_groups {
-        nix::unistd::setgroups(&[]).or_fail(st, &|| "setgroups".into());
+    for (ns, path) in &cfg.join {
+        let f = std::fs::File::open(path).or_fail(st, &|| format!("namespace {}", path.display()));
+        nix::sched::setns(f, *ns).or_fail(st, &|| format!("joining namespace {}", path.display()));
     }
-    setup_fs(&cfg.fs, st);
-    crate::net::loopback_up().or_fail(st, &|| "bringing up lo".into());
+    let create_hooks: &[HookCmd] = match &cfg.mode {
+        ChildMode::Container {
+            create_container, ..
+        } => create_container,
+        _ => &[],
+    };
+    setup_fs(&cfg.fs, create_hooks, state_json, st);
+    if cfg.new_netns {
+        crate::net::loopback_up().or_fail(st, &|| "bringing up lo".into());
+    }
     if let Some(h) = &cfg.hostname {
         nix::unistd::sethostname(h).or_fail(st, &|| "sethostname".into());
     }
-    for (res, v) in &cfg.rlimits {
-        nix::sys::resource::setrlimit(*res, *v, *v).or_fail(st, &|| format!("setrlimit {res:?}"));
+    if let Some(d) = &cfg.domainname {
+        // SAFETY: setdomainname reads exactly `len` bytes from the string's buffer.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            fail(st, 125, &format!("setdomainname: {}", Errno::last()));
+        }
     }
+    if let Some(adj) = cfg.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .or_fail(st, &|| "oom_score_adj".into());
+    }
+    for (res, soft, hard) in &cfg.rlimits {
+        nix::sys::resource::setrlimit(*res, *soft, *hard)
+            .or_fail(st, &|| format!("setrlimit {res:?}"));
+    }
+
+    match &cfg.mode {
+        ChildMode::Supervised | ChildMode::Exec { .. } => supervise(cfg, st),
+        ChildMode::Container {
+            fifo,
+            console,
+            start_container,
+            ..
+        } => {
+            if let Some(sock) = console {
+                attach_console(*sock).or_fail(st, &|| "setting up the console".into());
+            }
+            let prog = resolve_program(cfg).unwrap_or_else(|(code, m)| fail(st, code, &m));
+            // Ready: `create` may return. Block until `start` opens the FIFO for reading.
+            let _ = nix::unistd::write(&status, b"R\n");
+            let fifo_path = format!("/proc/self/fd/{fifo}");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo_path)
+                .or_fail(st, &|| "opening exec.fifo".into());
+            let _ = std::io::Write::write_all(&mut &f, b"0");
+            drop(f);
+            // SAFETY: closing our own O_PATH descriptor, not used afterwards.
+            unsafe { libc::close(*fifo) };
+            for h in start_container {
+                run_hook(h, state_json, None)
+                    .or_fail(st, &|| format!("startContainer hook {}", h.path.display()));
+            }
+            finalize_and_exec(cfg, st, Some(prog))
+        }
+    }
+}
+
+/// OCI `exec`: the cloned process is already in the container's namespaces and cgroup.
+pub fn exec_main(cfg: &ChildConfig, status: OwnedFd) -> ! {
+    let st = status.as_raw_fd();
+    if let Some((pidfd, ns)) = cfg.join_pidfd {
+        if !ns.is_empty() {
+            // SAFETY: the pidfd stays open in this process for the duration of the call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(pidfd) };
+            nix::sched::setns(fd, ns).or_fail(st, &|| "joining the container's namespaces".into());
+        }
+        chdir("/").or_fail(st, &|| "chdir /".into());
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    match &cfg.mode {
+        ChildMode::Exec {
+            console: Some(sock),
+        } => attach_console(*sock).or_fail(st, &|| "setting up the console".into()),
+        _ => {
+            nix::unistd::setsid().or_fail(st, &|| "setsid".into());
+        }
+    }
+    let prog = resolve_program(cfg).unwrap_or_else(|(code, m)| fail(st, code, &m));
+    finalize_and_exec(cfg, st, Some(prog))
+}
+
+/// `jobcell run`: block forwarded signals, fork the payload, reap until it ends.
+fn supervise(cfg: &ChildConfig, st: RawFd) -> ! {
     // Not dumpable: the payload (same uid) cannot ptrace pid 1 or read its memory.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-
     let mut mask = cfg.forward;
     mask.add(Signal::SIGCHLD);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).or_fail(st, &|| "sigprocmask".into());
@@ -104,7 +247,11 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
     let payload = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(sfd);
-            payload_main(cfg, st)
+            // Undo what the supervisor and Rust's runtime changed: blocked signals and an ignored SIGPIPE.
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            // A new session: no controlling terminal, so nothing can be injected into the caller's terminal.
+            nix::unistd::setsid().or_fail(st, &|| "setsid".into());
+            finalize_and_exec(cfg, st, None)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(st, 125, &format!("fork: {e}")),
@@ -129,7 +276,9 @@ fn reap(payload: Pid, sfd: &SignalFd, status: RawFd) -> ! {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == payload => finish(status, code, 0),
-                Ok(WaitStatus::Signaled(pid, s, _)) if pid == payload => finish(status, 128 + s as i32, s as i32),
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == payload => {
+                    finish(status, 128 + s as i32, s as i32)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -147,47 +296,90 @@ fn finish(status: RawFd, code: i32, sig: i32) -> ! {
     }
 }
 
-/// The payload: last privilege drops, then exec. Never returns.
-fn payload_main(cfg: &ChildConfig, st: RawFd) -> ! {
-    // Undo what the supervisor and Rust's runtime changed: blocked signals and an ignored SIGPIPE.
+/// The container process's last steps: identity, capabilities, no_new_privs, seccomp (last), exec.
+fn finalize_and_exec(cfg: &ChildConfig, st: RawFd, prog: Option<CString>) -> ! {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    for s in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGPIPE,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
     }
-    // A new session: no controlling terminal, so nothing can be injected into the caller's terminal.
-    nix::unistd::setsid().or_fail(st, &|| "setsid".into());
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(cfg.umask));
     chdir(&cfg.cwd).or_fail(st, &|| format!("working directory {}", cfg.cwd.display()));
     // SAFETY: close_range only changes descriptor flags; every fd above 2 becomes close-on-exec.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
 
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        fail(st, 125, "prctl(PR_SET_NO_NEW_PRIVS) failed");
+    set_identity_and_caps(&cfg.ids, &cfg.caps).or_fail(st, &|| "dropping privileges".into());
+    if cfg.no_new_privs {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            fail(st, 125, "prctl(PR_SET_NO_NEW_PRIVS) failed");
+        }
     }
-    drop_capabilities(&cfg.keep_caps).or_fail(st, &|| "dropping capabilities".into());
     if let Some(filter) = &cfg.seccomp {
         crate::seccomp::install(filter).or_fail(st, &|| "loading the seccomp filter".into());
     }
-    exec(cfg, st)
+    match prog {
+        Some(p) => {
+            let Err(e) = nix::unistd::execve(&p, &cfg.args, &cfg.env);
+            fail(
+                st,
+                if e == Errno::ENOENT { 127 } else { 126 },
+                &format!("exec {}: {e}", p.to_string_lossy()),
+            )
+        }
+        None => exec(cfg, st),
+    }
 }
 
-/// Empties every capability set except `keep` (bounding and ambient included).
-fn drop_capabilities(keep: &[caps::Capability]) -> Result<(), caps::errors::CapsError> {
+/// Switches to the process user and sets the five capability sets, in the only order the kernel accepts:
+/// bounding drops need CAP_SETPCAP, setresuid away from 0 needs KEEPCAPS to keep the permitted set, and
+/// ambient capabilities need to be both permitted and inheritable.
+fn set_identity_and_caps(ids: &Identity, sets: &CapSets) -> Result<(), Errno> {
     use caps::CapSet;
+    let ce = |_| Errno::EPERM;
     for c in caps::all() {
-        if !keep.contains(&c) {
-            caps::drop(None, CapSet::Bounding, c)?;
+        if !sets.bounding.contains(&c) {
+            caps::drop(None, CapSet::Bounding, c).map_err(ce)?;
         }
     }
-    let keep: caps::CapsHashSet = keep.iter().copied().collect();
-    caps::clear(None, CapSet::Ambient)?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
-    caps::set(None, CapSet::Inheritable, &keep)?;
-    for c in &keep {
-        caps::raise(None, CapSet::Ambient, *c)?;
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    if ids.setgroups_allowed {
+        let g: Vec<nix::unistd::Gid> = ids
+            .additional_gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&g)?;
+    }
+    let (gid, uid) = (
+        nix::unistd::Gid::from_raw(ids.gid),
+        nix::unistd::Uid::from_raw(ids.uid),
+    );
+    nix::unistd::setresgid(gid, gid, gid)?;
+    nix::unistd::setresuid(uid, uid, uid)?;
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    let set = |v: &[caps::Capability]| v.iter().copied().collect::<caps::CapsHashSet>();
+    caps::clear(None, CapSet::Ambient).map_err(ce)?;
+    caps::set(None, CapSet::Effective, &set(&sets.effective)).map_err(ce)?;
+    caps::set(None, CapSet::Inheritable, &set(&sets.inheritable)).map_err(ce)?;
+    caps::set(None, CapSet::Permitted, &set(&sets.permitted)).map_err(ce)?;
+    for c in &sets.ambient {
+        caps::raise(None, CapSet::Ambient, *c).map_err(ce)?;
     }
     Ok(())
 }
@@ -220,7 +412,9 @@ fn exec(cfg: &ChildConfig, st: RawFd) -> ! {
     let shown = String::from_utf8_lossy(name);
     match saw_eacces {
         Some(e) => fail(st, 126, &format!("{shown}: not executable: {e}")),
-        None if last == Errno::ENOENT || last == Errno::ENOTDIR => fail(st, 127, &format!("{shown}: command not found")),
+        None if last == Errno::ENOENT || last == Errno::ENOTDIR => {
+            fail(st, 127, &format!("{shown}: command not found"))
+        }
         None => fail(st, 126, &format!("{shown}: cannot execute: {last}")),
     }
 }
@@ -315,7 +509,12 @@ fn make_mountpoint(dst: &Path, dir: bool) -> std::io::Result<()> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    match std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(dst) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dst)
+    {
         Ok(_) => Ok(()),
         Err(e) if dst.exists() => {
             let _ = e;
@@ -325,27 +524,63 @@ fn make_mountpoint(dst: &Path, dir: bool) -> std::io::Result<()> {
     }
 }
 
-fn setup_fs(fs: &FsPlan, st: RawFd) {
+fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd) {
     let none = None::<&str>;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).or_fail(st, &|| "making / private".into());
-    mount(Some("tmpfs"), BASE, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=64k"))
-        .or_fail(st, &|| format!("mounting the staging tmpfs on {BASE}"));
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .or_fail(st, &|| "making / private".into());
+    // The root directory may live under BASE: hold it open before the staging tmpfs hides it.
+    let root_fd = fs.root_dir.as_ref().map(|dir| {
+        nix::fcntl::open(
+            dir.as_path(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .or_fail(st, &|| format!("root filesystem {}", dir.display()))
+    });
+    mount(
+        Some("tmpfs"),
+        BASE,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=64k"),
+    )
+    .or_fail(st, &|| format!("mounting the staging tmpfs on {BASE}"));
     chdir(BASE).or_fail(st, &|| BASE.into());
     for d in ["newroot", "oldroot"] {
         std::fs::create_dir(d).or_fail(st, &|| format!("mkdir {d}"));
     }
-    match &fs.root_dir {
-        None => mount(Some("tmpfs"), "newroot", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=4m"))
-            .or_fail(st, &|| "mounting the root tmpfs".into()),
-        Some(dir) => mount(Some(dir.as_path()), "newroot", none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-            .or_fail(st, &|| format!("binding root filesystem {}", dir.display())),
+    match &root_fd {
+        None => mount(
+            Some("tmpfs"),
+            "newroot",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=4m"),
+        )
+        .or_fail(st, &|| "mounting the root tmpfs".into()),
+        Some(fd) => mount(
+            Some(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str()),
+            "newroot",
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .or_fail(st, &|| "binding the root filesystem".into()),
     }
+    drop(root_fd);
     // The host's root moves to /oldroot; sources of binds are read from there.
     pivot_root(".", "oldroot").or_fail(st, &|| "pivot_root into the staging area".into());
     chdir("/").or_fail(st, &|| "chdir /".into());
 
     for op in &fs.ops {
         apply(op, st);
+    }
+    // OCI createContainer hooks: container namespaces, mounts in place, paths resolved in the host's view.
+    for h in create_hooks {
+        run_hook(h, state_json, Some(OLDROOT))
+            .or_fail(st, &|| format!("createContainer hook {}", h.path.display()));
     }
     if fs.root_readonly {
         let ro = Flags {
@@ -354,37 +589,193 @@ fn setup_fs(fs: &FsPlan, st: RawFd) {
             nodev: fs.root_dir.is_none(),
             noexec: false,
         };
-        restrict_mount(Path::new(NEWROOT), ro, false).or_fail(st, &|| "making the root read-only".into());
+        restrict_mount(Path::new(NEWROOT), ro, false)
+            .or_fail(st, &|| "making the root read-only".into());
     }
     umount2(OLDROOT, MntFlags::MNT_DETACH).or_fail(st, &|| "detaching the host root".into());
     chdir(NEWROOT).or_fail(st, &|| NEWROOT.into());
     pivot_root(".", ".").or_fail(st, &|| "pivot_root into the new root".into());
     umount2(".", MntFlags::MNT_DETACH).or_fail(st, &|| "detaching the staging area".into());
     chdir("/").or_fail(st, &|| "chdir /".into());
+    if let Some(p) = fs.root_propagation {
+        mount(none, "/", none, p | MsFlags::MS_REC, none)
+            .or_fail(st, &|| "setting root propagation".into());
+    }
+}
+
+/// Runs one hook with the OCI state on its stdin, chrooted to `root` when given; fails on a non-zero exit
+/// or when its timeout passes (the hook is killed).
+pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<(), String> {
+    let path = CString::new(h.path.as_os_str().as_encoded_bytes())
+        .map_err(|_| "path contains NUL".to_string())?;
+    let mut argv = cstrings(&h.args, "hook args")?;
+    if argv.is_empty() {
+        argv.push(path.clone());
+    }
+    let env = cstrings(&h.env, "hook env")?;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    // SAFETY: the caller is single-threaded (pid 1 of a sandbox, or the CLI), so the child may allocate.
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            drop(w);
+            let _ = nix::unistd::dup2_stdin(&r);
+            if let Some(root) = root {
+                if nix::unistd::chroot(root).is_err() || chdir("/").is_err() {
+                    // SAFETY: _exit in a forked child.
+                    unsafe { libc::_exit(126) };
+                }
+            }
+            let _ = nix::unistd::execve(&path, &argv, &env);
+            // SAFETY: _exit in a forked child after a failed exec.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            drop(r);
+            let _ = std::io::Write::write_all(&mut std::fs::File::from(w), state_json);
+            let deadline = h
+                .timeout
+                .map(|t| std::time::Instant::now() + std::time::Duration::from_secs(t as u64));
+            loop {
+                match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
+                    Ok(WaitStatus::Exited(_, c)) => return Err(format!("exited with status {c}")),
+                    Ok(WaitStatus::Signaled(_, s, _)) => return Err(format!("killed by {s}")),
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    return Err(format!("timed out after {}s", h.timeout.unwrap_or(0)));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Creates the container's terminal and hands its master to the `--console-socket` peer (SCM_RIGHTS).
+fn attach_console(sock: RawFd) -> Result<(), Errno> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let master = posix_openpt(
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+    )?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let fds = [master.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(name.as_bytes())];
+    sendmsg::<UnixAddr>(
+        sock,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    drop(master);
+    // SAFETY: closing the socket descriptor we were handed; not used afterwards.
+    unsafe { libc::close(sock) };
+    nix::unistd::setsid()?;
+    // SAFETY: TIOCSCTTY on an open terminal descriptor with an integer argument.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(Errno::last());
+    }
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
+/// Finds the program to exec (PATH search) before the container is reported created.
+fn resolve_program(cfg: &ChildConfig) -> Result<CString, (i32, String)> {
+    let prog = cfg
+        .args
+        .first()
+        .ok_or((125, "process.args is empty".to_string()))?;
+    let name = String::from_utf8_lossy(prog.to_bytes()).into_owned();
+    let candidates: Vec<String> = if name.contains('/') {
+        vec![name.clone()]
+    } else {
+        cfg.path_dirs
+            .iter()
+            .map(|d| format!("{d}/{name}"))
+            .collect()
+    };
+    let mut found_not_exec = false;
+    for c in candidates {
+        let p = Path::new(&c);
+        if p.is_file() {
+            if nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() {
+                return CString::new(c).map_err(|_| (125, "NUL in path".into()));
+            }
+            found_not_exec = true;
+        }
+    }
+    if found_not_exec {
+        Err((126, format!("{name}: not executable")))
+    } else {
+        Err((127, format!("{name}: command not found in the container")))
+    }
 }
 
 /// Executes one planned operation.
 fn apply(op: &Op, st: RawFd) {
     let none = None::<&str>;
     match op {
-        Op::Mount { fstype, source, dst, flags, data } => {
+        Op::Mount {
+            fstype,
+            source,
+            dst,
+            flags,
+            data,
+        } => {
             let full = in_root(NEWROOT, dst);
-            std::fs::create_dir_all(&full).or_fail(st, &|| format!("creating mountpoint {}", dst.display()));
+            std::fs::create_dir_all(&full)
+                .or_fail(st, &|| format!("creating mountpoint {}", dst.display()));
             let data = (!data.is_empty()).then_some(data.as_str());
-            mount(Some(source.as_str()), &full, Some(fstype.as_str()), ms_flags(*flags), data)
-                .or_fail(st, &|| format!("mounting {fstype} on {}", dst.display()));
+            mount(
+                Some(source.as_str()),
+                &full,
+                Some(fstype.as_str()),
+                ms_flags(*flags),
+                data,
+            )
+            .or_fail(st, &|| format!("mounting {fstype} on {}", dst.display()));
         }
-        Op::Bind { src, dst, recursive, flags } => {
+        Op::Bind {
+            src,
+            dst,
+            recursive,
+            flags,
+        } => {
             let from = in_root(OLDROOT, src);
             let full = in_root(NEWROOT, dst);
-            let is_dir = std::fs::metadata(&from).or_fail(st, &|| format!("bind source {}", src.display())).is_dir();
+            let is_dir = std::fs::metadata(&from)
+                .or_fail(st, &|| format!("bind source {}", src.display()))
+                .is_dir();
             make_mountpoint(&full, is_dir).or_fail(st, &|| {
-                format!("bind destination {} cannot be created (is it inside a read-only directory?)", dst.display())
+                format!(
+                    "bind destination {} cannot be created (is it inside a read-only directory?)",
+                    dst.display()
+                )
             });
             let mut m = MsFlags::MS_BIND;
             m.set(MsFlags::MS_REC, *recursive);
-            mount(Some(&from), &full, none, m, none).or_fail(st, &|| format!("binding {} to {}", src.display(), dst.display()));
-            restrict_mount(&full, *flags, *recursive).or_fail(st, &|| format!("restricting bind {}", dst.display()));
+            mount(Some(&from), &full, none, m, none).or_fail(st, &|| {
+                format!("binding {} to {}", src.display(), dst.display())
+            });
+            restrict_mount(&full, *flags, *recursive)
+                .or_fail(st, &|| format!("restricting bind {}", dst.display()));
         }
         Op::Symlink { target, link } => {
             let full = in_root(NEWROOT, link);
@@ -398,10 +789,12 @@ fn apply(op: &Op, st: RawFd) {
             }
         }
         Op::Mkdir { path } => {
-            std::fs::create_dir_all(in_root(NEWROOT, path)).or_fail(st, &|| format!("mkdir {}", path.display()));
+            std::fs::create_dir_all(in_root(NEWROOT, path))
+                .or_fail(st, &|| format!("mkdir {}", path.display()));
         }
         Op::WriteFile { path, contents } => {
-            std::fs::write(in_root(NEWROOT, path), contents).or_fail(st, &|| format!("writing {}", path.display()));
+            std::fs::write(in_root(NEWROOT, path), contents)
+                .or_fail(st, &|| format!("writing {}", path.display()));
         }
         Op::Mask { path } => {
             let full = in_root(NEWROOT, path);
@@ -411,12 +804,21 @@ fn apply(op: &Op, st: RawFd) {
                     Some("tmpfs"),
                     &full,
                     Some("tmpfs"),
-                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
                     Some("size=0,mode=0555"),
                 )
                 .or_fail(st, &|| format!("masking {}", path.display())),
-                Ok(_) => mount(Some(&in_root(OLDROOT, Path::new("/dev/null"))), &full, none, MsFlags::MS_BIND, none)
-                    .or_fail(st, &|| format!("masking {}", path.display())),
+                Ok(_) => mount(
+                    Some(&in_root(OLDROOT, Path::new("/dev/null"))),
+                    &full,
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )
+                .or_fail(st, &|| format!("masking {}", path.display())),
             }
         }
         Op::ReadOnly { path } => {
@@ -424,21 +826,32 @@ fn apply(op: &Op, st: RawFd) {
             if std::fs::symlink_metadata(&full).is_err() {
                 return;
             }
-            mount(Some(&full), &full, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-                .or_fail(st, &|| format!("binding {} read-only", path.display()));
+            mount(
+                Some(&full),
+                &full,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none,
+            )
+            .or_fail(st, &|| format!("binding {} read-only", path.display()));
             let ro = Flags {
                 readonly: true,
                 nosuid: true,
                 nodev: true,
                 noexec: true,
             };
-            restrict_mount(&full, ro, true).or_fail(st, &|| format!("making {} read-only", path.display()));
+            restrict_mount(&full, ro, true)
+                .or_fail(st, &|| format!("making {} read-only", path.display()));
         }
     }
 }
 
+/// What the status pipe said: the first setup/exec error (exit code, message) and the payload's end
+/// (exit code, signal).
+pub type StatusRecords = (Option<(i32, String)>, Option<(i32, i32)>);
+
 /// Parses the status pipe's records as written by [`fail`] and [`finish`].
-pub fn parse_status(text: &str) -> (Option<(i32, String)>, Option<(i32, i32)>) {
+pub fn parse_status(text: &str) -> StatusRecords {
     let mut err = None;
     let mut done = None;
     for line in text.lines() {
@@ -463,7 +876,9 @@ pub fn parse_status(text: &str) -> (Option<(i32, String)>, Option<(i32, i32)>) {
 /// Builds the argv/env C strings; NUL bytes are rejected before the sandbox is created.
 pub fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, String> {
     v.iter()
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| format!("{what} contains a NUL byte: {s:?}")))
+        .map(|s| {
+            CString::new(s.as_bytes()).map_err(|_| format!("{what} contains a NUL byte: {s:?}"))
+        })
         .collect()
 }
 

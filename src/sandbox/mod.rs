@@ -15,9 +15,10 @@ use crate::seccomp;
 use child::ChildConfig;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use oci_spec::runtime::{PosixRlimitType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
 use serde::Serialize;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -139,8 +140,14 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<nix::sys::resource::Resource> {
 
 /// Checks that this host lets an unprivileged user create user namespaces; names the knob when not.
 pub fn userns_unavailable_reason() -> Option<String> {
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
-    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") && !nix::unistd::geteuid().is_root() {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
+        && !nix::unistd::geteuid().is_root()
+    {
         return Some("sysctl kernel.unprivileged_userns_clone=0 (set it to 1)".into());
     }
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
@@ -156,15 +163,146 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))
 }
 
-/// Starts a sandbox for `spec`. The caller's thread must be the only one (pid 1 is forked from it).
-pub fn launch(spec: &Spec, opts: &LaunchOptions) -> Result<Sandbox, LaunchError> {
-    if opts.network == NetMode::Egress {
-        return Err(LaunchError::EgressUnsupported);
+/// Everything an OCI container launch adds to a plain one.
+pub struct ContainerLaunch {
+    /// O_PATH descriptor of the container's `exec.fifo`.
+    pub fifo: OwnedFd,
+    /// Connected `--console-socket`, for `process.terminal`.
+    pub console: Option<OwnedFd>,
+    /// Name of the container's cgroup under `<base>/jobcell/`.
+    pub cgroup_name: String,
+    /// Builds the OCI state JSON handed to hooks on stdin, given pid 1's host pid.
+    pub state_json: Box<dyn Fn(i32) -> Vec<u8>>,
+}
+
+/// How pid 1 behaves after setup.
+pub enum Mode {
+    /// `jobcell run`: a reaper pid 1 supervised until the payload ends.
+    Supervised,
+    /// OCI `create`: pid 1 waits on the exec FIFO and outlives the caller.
+    Container(ContainerLaunch),
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
     }
-    let process = spec.process().as_ref().ok_or_else(|| LaunchError::Spec("spec has no process".into()))?;
+}
+
+fn to_caps(
+    set: Option<&oci_spec::runtime::Capabilities>,
+) -> Result<Vec<caps::Capability>, LaunchError> {
+    let mut v = Vec::new();
+    for c in set.into_iter().flatten() {
+        let name = c.to_string();
+        let name = if name.starts_with("CAP_") {
+            name
+        } else {
+            format!("CAP_{name}")
+        };
+        v.push(
+            caps::Capability::from_str(&name)
+                .map_err(|_| LaunchError::Spec(format!("unknown capability {name}")))?,
+        );
+    }
+    Ok(v)
+}
+
+fn to_hooks(hooks: Option<&Vec<oci_spec::runtime::Hook>>) -> Vec<child::HookCmd> {
+    hooks
+        .into_iter()
+        .flatten()
+        .map(|h| child::HookCmd {
+            path: h.path().clone(),
+            args: h.args().clone().unwrap_or_default(),
+            env: h.env().clone().unwrap_or_default(),
+            timeout: h
+                .timeout()
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0),
+        })
+        .collect()
+}
+
+/// Runs host-side hooks (prestart, createRuntime, poststart, poststop) in order.
+pub fn run_host_hooks(
+    hooks: Option<&Vec<oci_spec::runtime::Hook>>,
+    kind: &str,
+    state: &[u8],
+) -> Result<(), LaunchError> {
+    for h in to_hooks(hooks) {
+        child::run_hook(&h, state, None)
+            .map_err(|e| LaunchError::Spec(format!("{kind} hook {}: {e}", h.path.display())))?;
+    }
+    Ok(())
+}
+
+/// The id mapping: the spec's own mappings when it has them, else jobcell's default for this caller.
+fn id_map(spec: &Spec, uid: u32, gid: u32) -> (idmap::IdMap, Option<String>) {
+    let linux = spec.linux().as_ref();
+    let ext = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<idmap::Extent> {
+        m.iter()
+            .flatten()
+            .map(|e| idmap::Extent {
+                inside: e.container_id(),
+                outside: e.host_id(),
+                count: e.size(),
+            })
+            .collect()
+    };
+    let (u, g) = (
+        ext(linux.map(|l| l.uid_mappings()).unwrap_or(&None)),
+        ext(linux.map(|l| l.gid_mappings()).unwrap_or(&None)),
+    );
+    let host_uid = nix::unistd::getuid().as_raw();
+    let host_gid = nix::unistd::getgid().as_raw();
+    if !u.is_empty() && !g.is_empty() {
+        let own_single = u.len() == 1
+            && g.len() == 1
+            && u[0].count == 1
+            && g[0].count == 1
+            && u[0].outside == host_uid
+            && g[0].outside == host_gid;
+        if own_single || host_uid == 0 {
+            return (
+                idmap::IdMap::Direct {
+                    uid: u,
+                    gid: g,
+                    deny_setgroups: own_single && host_uid != 0,
+                },
+                None,
+            );
+        }
+        return (idmap::IdMap::Range { uid: u, gid: g }, None);
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    idmap::choose(host_uid, host_gid, user.as_deref(), uid, gid)
+}
+
+/// The process part of a child configuration (identity, capabilities, rlimits, seccomp, argv), shared by
+/// `launch` and `exec_in`; filesystem and namespace fields are left empty for the caller to fill.
+fn process_config(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+    strict: bool,
+    setgroups_allowed: bool,
+    mode: child::ChildMode,
+) -> Result<ChildConfig, LaunchError> {
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
-        return Err(LaunchError::Spec("process.args is empty: give a command".into()));
+        return Err(LaunchError::Spec(
+            "process.args is empty: give a command".into(),
+        ));
     }
     let env = process.env().clone().unwrap_or_default();
     let path_dirs = env
@@ -175,68 +313,152 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions) -> Result<Sandbox, LaunchError>
         .filter(|d| !d.is_empty())
         .map(String::from)
         .collect();
-    let linux = spec.linux().as_ref();
-
-    let filter = match linux.and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(seccomp::compile(profile, opts.strict)?.0),
+    let filter = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => {
+            let (f, warnings) = seccomp::compile_cached(profile, strict)?;
+            for w in warnings {
+                eprintln!("jobcell: warning: seccomp: {w}");
+            }
+            Some(f)
+        }
         None => None,
     };
-    let mut keep_caps = Vec::new();
-    if let Some(set) = process.capabilities().as_ref().and_then(|c| c.bounding().as_ref()) {
-        for c in set {
-            let name = c.to_string();
-            let name = if name.starts_with("CAP_") { name } else { format!("CAP_{name}") };
-            keep_caps.push(caps::Capability::from_str(&name).map_err(|_| LaunchError::Spec(format!("unknown capability {name}")))?);
-        }
-    }
-    let rlimits = process
-        .rlimits()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| Some((rlimit_resource(r.typ())?, r.hard().max(r.soft()))))
-        .collect();
-    let cfg = ChildConfig {
-        fs: plan::plan_fs(spec)?,
-        hostname: spec.hostname().clone(),
+    let caps = process.capabilities().as_ref();
+    let user = process.user();
+    Ok(ChildConfig {
+        fs: plan::FsPlan::default(),
+        hostname: None,
+        domainname: None,
         args: child::cstrings(&args, "process.args").map_err(LaunchError::Spec)?,
         env: child::cstrings(&env, "process.env").map_err(LaunchError::Spec)?,
         path_dirs,
         cwd: process.cwd().clone(),
-        drop_supplementary_groups: false,
-        keep_caps,
-        rlimits,
+        ids: child::Identity {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            setgroups_allowed,
+        },
+        caps: child::CapSets {
+            bounding: to_caps(caps.and_then(|c| c.bounding().as_ref()))?,
+            effective: to_caps(caps.and_then(|c| c.effective().as_ref()))?,
+            permitted: to_caps(caps.and_then(|c| c.permitted().as_ref()))?,
+            inheritable: to_caps(caps.and_then(|c| c.inheritable().as_ref()))?,
+            ambient: to_caps(caps.and_then(|c| c.ambient().as_ref()))?,
+        },
+        no_new_privs: process.no_new_privileges().unwrap_or(false),
+        rlimits: process
+            .rlimits()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| Some((rlimit_resource(r.typ())?, r.soft(), r.hard())))
+            .collect(),
         seccomp: filter,
-        umask: process.user().umask().unwrap_or(0o022),
+        umask: user.umask().unwrap_or(0o022),
+        oom_score_adj: process.oom_score_adj(),
+        join: Vec::new(),
+        join_pidfd: None,
+        new_netns: false,
         forward: forwarded_signals(),
+        mode,
+    })
+}
+
+/// Starts a sandbox for `spec`. The caller's thread must be the only one (pid 1 is forked from it).
+pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, LaunchError> {
+    if opts.network == NetMode::Egress {
+        return Err(LaunchError::EgressUnsupported);
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| LaunchError::Spec("spec has no process".into()))?;
+    let linux = spec.linux().as_ref();
+    let host_root = nix::unistd::geteuid().is_root();
+
+    // Namespaces: created unless the spec gives a path to join; rootless always needs its own user namespace.
+    let mut flags = CloneFlags::empty();
+    let mut join = Vec::new();
+    for ns in linux
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match ns.path() {
+            None => flags |= ns_flag(ns.typ()),
+            Some(p) if ns.typ() == LinuxNamespaceType::Pid => {
+                return Err(LaunchError::Spec(format!(
+                    "joining a pid namespace ({}) is not supported; create one instead",
+                    p.display()
+                )))
+            }
+            Some(p) => join.push((ns_flag(ns.typ()), p.clone())),
+        }
+    }
+    // Joining a user namespace happens here, in the caller, so the namespaces clone3 creates belong to it.
+    if let Some(i) = join
+        .iter()
+        .position(|(f, _)| *f == CloneFlags::CLONE_NEWUSER)
+    {
+        let (_, path) = join.remove(i);
+        let f = std::fs::File::open(&path)
+            .map_err(|e| LaunchError::Spec(format!("user namespace {}: {e}", path.display())))?;
+        nix::sched::setns(f, CloneFlags::CLONE_NEWUSER).map_err(|e| {
+            LaunchError::Spec(format!("joining user namespace {}: {e}", path.display()))
+        })?;
+    } else if !host_root {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    let new_userns = flags.contains(CloneFlags::CLONE_NEWUSER);
+    let user = process.user();
+    let (map, warning) = id_map(spec, user.uid(), user.gid());
+    if let (Some(w), true) = (warning, new_userns) {
+        eprintln!("jobcell: warning: {w}");
+    }
+    let hooks = spec.hooks().as_ref();
+    let (child_mode, container) = match mode {
+        Mode::Supervised => (child::ChildMode::Supervised, None),
+        Mode::Container(c) => (
+            child::ChildMode::Container {
+                fifo: c.fifo.as_raw_fd(),
+                console: c.console.as_ref().map(|s| s.as_raw_fd()),
+                create_container: to_hooks(hooks.and_then(|h| h.create_container().as_ref())),
+                start_container: to_hooks(hooks.and_then(|h| h.start_container().as_ref())),
+            },
+            Some(c),
+        ),
+    };
+    let cfg = ChildConfig {
+        fs: plan::plan_fs(spec)?,
+        hostname: spec.hostname().clone(),
+        domainname: spec.domainname().clone(),
+        join,
+        new_netns: flags.contains(CloneFlags::CLONE_NEWNET),
+        ..process_config(
+            spec,
+            process,
+            opts.strict,
+            !new_userns || !map.denies_setgroups(),
+            child_mode,
+        )?
     };
 
     // cgroup first, so the child is born inside it (CLONE_INTO_CGROUP).
     let resources = linux.and_then(|l| l.resources().as_ref());
-    let (cg, limits) = cgroup::prepare(resources)?;
+    let cg_name = container.as_ref().map(|c| c.cgroup_name.clone());
+    let (cg, limits) = cgroup::prepare(resources, cg_name.as_deref())?;
     if opts.require_limits && !limits.enforced {
         return Err(LaunchError::Cgroup(cgroup::CgroupError::Required(
             limits.reason.clone().unwrap_or_default(),
         )));
     }
-    if !limits.enforced {
+    if !limits.enforced && resources.is_some() {
         eprintln!(
             "jobcell: warning: cgroup limits not enforced ({}); rlimits only, see `jobcell check`",
             limits.reason.as_deref().unwrap_or("unknown")
         );
     }
-
-    let host_uid = nix::unistd::getuid().as_raw();
-    let host_gid = nix::unistd::getgid().as_raw();
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
-    let (map, warning) = idmap::choose(host_uid, host_gid, user.as_deref(), process.user().uid(), process.user().gid());
-    if let Some(w) = warning {
-        eprintln!("jobcell: warning: {w}");
-    }
-    let cfg = ChildConfig {
-        drop_supplementary_groups: matches!(map, idmap::IdMap::Range { .. }),
-        ..cfg
-    };
 
     let (sync_r, sync_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -244,18 +466,12 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions) -> Result<Sandbox, LaunchError>
     // mask and does the same.
     let fwd = forwarded_signals();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&fwd), None).map_err(sys("sigprocmask"))?;
-    let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
+    let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
 
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
-        flags: (libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWCGROUP
-            | libc::CLONE_PIDFD) as u64,
+        flags: flags.bits() as u64 | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -266,7 +482,13 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions) -> Result<Sandbox, LaunchError>
     }
     // SAFETY: clone3 with a fully initialised clone_args of the size we pass; stack 0 means the child runs on
     // a copy of our stack, like fork. This process is single-threaded here, so the child may run Rust code.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if pid < 0 {
         let e = Errno::last();
         let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&fwd), None);
@@ -274,10 +496,16 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions) -> Result<Sandbox, LaunchError>
             c.remove();
         }
         return Err(match e {
-            Errno::EPERM | Errno::ENOSPC | Errno::EUSERS | Errno::EINVAL => LaunchError::UserNamespaces(
-                userns_unavailable_reason().unwrap_or_else(|| format!("clone3 refused new namespaces: {e}")),
-            ),
-            e => LaunchError::Sys { what: "clone3", errno: e },
+            Errno::EPERM | Errno::ENOSPC | Errno::EUSERS | Errno::EINVAL if new_userns => {
+                LaunchError::UserNamespaces(
+                    userns_unavailable_reason()
+                        .unwrap_or_else(|| format!("clone3 refused new namespaces: {e}")),
+                )
+            }
+            e => LaunchError::Sys {
+                what: "clone3",
+                errno: e,
+            },
         });
     }
     if pid == 0 {
@@ -292,7 +520,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions) -> Result<Sandbox, LaunchError>
     drop(sync_r);
     drop(status_w);
 
-    let sandbox = Sandbox {
+    let mut sandbox = Sandbox {
         pid,
         pidfd,
         status: std::fs::File::from(status_r),
@@ -302,14 +530,41 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions) -> Result<Sandbox, LaunchError>
         cgroup: cg,
         signals,
     };
-    let release = idmap::apply(pid, &map)
-        .map_err(LaunchError::from)
-        .and_then(|_| nix::unistd::write(&sync_w, b"g").map(|_| ()).map_err(sys("releasing pid 1")));
+    let state = container
+        .as_ref()
+        .map(|c| (c.state_json)(pid))
+        .unwrap_or_default();
+    let release = (|| {
+        if new_userns {
+            idmap::apply(pid, &map)?;
+        }
+        if container.is_some() {
+            run_host_hooks(
+                hooks.and_then(|h| h.prestart().as_ref()),
+                "prestart",
+                &state,
+            )?;
+            run_host_hooks(
+                hooks.and_then(|h| h.create_runtime().as_ref()),
+                "createRuntime",
+                &state,
+            )?;
+        }
+        let mut msg = Vec::with_capacity(1 + state.len());
+        msg.push(b'g');
+        msg.extend_from_slice(&state);
+        std::io::Write::write_all(&mut std::fs::File::from(sync_w), &msg)
+            .map_err(|e| LaunchError::Spec(format!("releasing pid 1: {e}")))
+    })();
     if let Err(e) = release {
         sandbox.kill();
         let _ = sandbox.reap();
         return Err(e);
     }
+    if container.is_some() {
+        sandbox.wait_ready()?;
+    }
+    drop(container);
     Ok(sandbox)
 }
 
@@ -321,7 +576,15 @@ impl Sandbox {
 
     fn signal(&self, sig: i32) {
         // SAFETY: pidfd_send_signal on our own pidfd; the pidfd guarantees we never signal a recycled pid.
-        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 
     /// Kills the whole sandbox (SIGKILL of pid 1 ends every process of its pid namespace).
@@ -346,8 +609,58 @@ impl Sandbox {
         }
     }
 
-    /// Waits for the sandbox to end, forwarding signals and enforcing the timeout.
-    pub fn wait(mut self) -> Result<Outcome, LaunchError> {
+    /// Container mode: waits until pid 1 reports it is set up and blocked on the exec FIFO.
+    fn wait_ready(&mut self) -> Result<(), LaunchError> {
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            let n = self
+                .status
+                .read(&mut buf)
+                .map_err(|e| LaunchError::Spec(format!("reading setup status: {e}")))?;
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.starts_with(b"R\n") || got.ends_with(b"\n") {
+                break;
+            }
+        }
+        if got.starts_with(b"R\n") {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let _ = self.reap();
+        match child::parse_status(&text).0 {
+            Some((_, msg)) => Err(LaunchError::Spec(msg)),
+            None => Err(LaunchError::Spec(
+                "container setup failed without a message".into(),
+            )),
+        }
+    }
+
+    /// The sandbox's cgroup directory, if it has one.
+    pub fn cgroup_path(&self) -> Option<std::path::PathBuf> {
+        self.cgroup.as_ref().map(|c| c.path().to_path_buf())
+    }
+
+    /// Waits for pid 1 (OCI `run`, `exec`), forwarding signals; returns its exit status (128+N when killed).
+    pub fn wait_exit_code(mut self) -> Result<i32, LaunchError> {
+        self.timeout = None;
+        self.wait_pid1()?;
+        let (status, _) = self.reap().map_err(sys("wait4"))?;
+        let _ = self.cgroup.take().map(|c| c.into_path());
+        Ok(if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            libc::WEXITSTATUS(status)
+        })
+    }
+
+    /// Lets the sandbox outlive this handle (OCI `create`); returns its cgroup directory.
+    pub fn detach(mut self) -> Option<std::path::PathBuf> {
+        self.cgroup.take().map(|c| c.into_path())
+    }
+
+    /// Polls until pid 1 exits, forwarding signals and enforcing the timeout; true when it timed out.
+    fn wait_pid1(&mut self) -> Result<bool, LaunchError> {
         let deadline = self.timeout.map(|t| self.started + t);
         let mut timed_out = false;
         loop {
@@ -358,7 +671,12 @@ impl Sandbox {
                         timed_out = true;
                         self.kill();
                     }
-                    if timed_out { PollTimeout::NONE } else { PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1).unwrap_or(PollTimeout::MAX) }
+                    if timed_out {
+                        PollTimeout::NONE
+                    } else {
+                        PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                            .unwrap_or(PollTimeout::MAX)
+                    }
                 }
                 None => PollTimeout::NONE,
             };
@@ -368,17 +686,30 @@ impl Sandbox {
             ];
             match poll(&mut fds, wait_ms) {
                 Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(LaunchError::Sys { what: "poll", errno: e }),
+                Err(e) => {
+                    return Err(LaunchError::Sys {
+                        what: "poll",
+                        errno: e,
+                    })
+                }
             }
-            if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            if fds[1]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+            {
                 while let Ok(Some(si)) = self.signals.read_signal() {
                     self.signal(si.ssi_signo as i32);
                 }
             }
             if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-                break;
+                return Ok(timed_out);
             }
         }
+    }
+
+    /// Waits for the sandbox to end, forwarding signals and enforcing the timeout.
+    pub fn wait(mut self) -> Result<Outcome, LaunchError> {
+        let timed_out = self.wait_pid1()?;
         let (status, ru) = self.reap().map_err(sys("wait4"))?;
         let wall_ms = self.started.elapsed().as_millis() as u64;
         let mut text = String::new();
@@ -417,6 +748,117 @@ impl Sandbox {
             error,
         })
     }
+}
+
+/// Starts `process` inside the running container whose pid 1 is `target` (OCI `exec`): joins its
+/// namespaces with one setns(pidfd) and clones the new process straight into its cgroup.
+pub fn exec_in(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+    target: i32,
+    cgroup: Option<&std::path::Path>,
+    console: Option<OwnedFd>,
+) -> Result<Sandbox, LaunchError> {
+    // SAFETY: pidfd_open with a pid and no flags returns a new fd or -1.
+    let tfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) };
+    if tfd < 0 {
+        return Err(LaunchError::Sys {
+            what: "pidfd_open",
+            errno: Errno::last(),
+        });
+    }
+    // SAFETY: pidfd_open returned a new fd that we now own.
+    let tfd = unsafe { OwnedFd::from_raw_fd(tfd as RawFd) };
+    let cg = cgroup.and_then(Cgroup::open);
+    let setgroups_denied = std::fs::read_to_string(format!("/proc/{target}/setgroups"))
+        .is_ok_and(|s| s.trim() == "deny");
+    let mode = child::ChildMode::Exec {
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+    };
+    let cfg = process_config(spec, process, false, !setgroups_denied, mode)?;
+    let mut ns = CloneFlags::empty();
+    for (name, flag) in [
+        ("user", CloneFlags::CLONE_NEWUSER),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ] {
+        let theirs = std::fs::read_link(format!("/proc/{target}/ns/{name}")).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        if theirs.is_some() && theirs != ours {
+            ns |= flag;
+        }
+    }
+    let (status_r, status_w) = pipe()?;
+    let fwd = forwarded_signals();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&fwd), None).map_err(sys("sigprocmask"))?;
+    let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
+    // The caller joins only the user and pid namespaces (the pid namespace applies to children, and joining it
+    // needs privilege over it); the child joins the rest, so the caller keeps the host's filesystem view.
+    let own = ns & (CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID);
+    if !own.is_empty() {
+        nix::sched::setns(&tfd, own)
+            .map_err(sys("joining the container's user and pid namespaces"))?;
+    }
+    let cfg = ChildConfig {
+        join_pidfd: Some((tfd.as_raw_fd(), ns - own)),
+        ..cfg
+    };
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(c) = &cg {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = c.dir_fd() as u64;
+    }
+    // SAFETY: as in `launch`: a complete clone_args, no new stack, single-threaded caller.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        return Err(LaunchError::Sys {
+            what: "clone3",
+            errno: Errno::last(),
+        });
+    }
+    if pid == 0 {
+        drop(status_r);
+        child::exec_main(&cfg, status_w);
+    }
+    drop(status_w);
+    // SAFETY: clone3 with CLONE_PIDFD stored a new, owned pidfd in `pidfd`.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Sandbox {
+        pid: pid as i32,
+        pidfd,
+        status: std::fs::File::from(status_r),
+        started: Instant::now(),
+        timeout: None,
+        limits: LimitsReport {
+            enforced: cg.is_some(),
+            mechanism: if cg.is_some() {
+                "cgroup2".into()
+            } else {
+                "rlimit".into()
+            },
+            reason: None,
+        },
+        // The container owns its cgroup: this handle must never remove it.
+        cgroup: None,
+        signals,
+    })
 }
 
 impl Drop for Sandbox {
