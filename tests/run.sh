@@ -139,6 +139,10 @@ chmod 755 "$STAGE"
 trap 'rm -f "$MSGS"; rm -rf "$STAGE"' EXIT
 
 if [ "$(id -u)" = 0 ]; then
+    if ! setpriv --reuid nobody --regid nogroup --clear-groups test -r "$ROOT/seccomp/default.json" 2>/dev/null; then
+        echo "note: $ROOT is not readable by other users; tests that read files of the source tree at run time" \
+            "(env!(\"CARGO_MANIFEST_DIR\")) will fail as the test users: check out the repository under a readable path"
+    fi
     command -v newuidmap >/dev/null || echo "note: newuidmap/newgidmap missing (apt-get install uidmap): the subuid pass maps a single id too"
     ensure_user "$TEST_USER" yes
     ensure_user "$NOSUB_USER" no

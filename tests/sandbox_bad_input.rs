@@ -134,10 +134,7 @@ fn seccomp_file_invalid_json() {
     )
     .unwrap();
     sandbox_common::set_mode(&p, 0o644);
-    refused(
-        &["--seccomp", p.to_str().unwrap()],
-        &["seccomp", "bad.json"],
-    );
+    refused(&["--seccomp", p.to_str().unwrap()], &["bad.json"]);
 }
 
 #[test]
