@@ -83,7 +83,8 @@ run_as() {
         elif [ "$(id -u)" = 0 ]; then
             (cd "$dir" && setpriv --reuid "$user" --regid "$user" --init-groups --reset-env \
                 env HOME="$(getent passwd "$user" | cut -d: -f6)" USER="$user" PATH=/usr/local/bin:/usr/bin:/bin \
-                JOBCELL_BIN="$dir/jobcell" TMPDIR="$dir/tmp" RUST_BACKTRACE=1 "$dir/$name" ${FILTER:+"$FILTER"}) || rc=$?
+                JOBCELL_BIN="$dir/jobcell" TMPDIR="$dir/tmp" RUST_BACKTRACE=1 \
+                JOBCELL_TEST_HOST_MARKERS="${JOBCELL_TEST_HOST_MARKERS:-}" "$dir/$name" ${FILTER:+"$FILTER"}) || rc=$?
         else
             (cd "$dir" && sudo -n -u "$user" env JOBCELL_BIN="$dir/jobcell" TMPDIR="$dir/tmp" "$dir/$name" ${FILTER:+"$FILTER"}) || rc=$?
         fi
@@ -143,6 +144,17 @@ if [ "$(id -u)" = 0 ]; then
         echo "note: $ROOT is not readable by other users; tests that read files of the source tree at run time" \
             "(env!(\"CARGO_MANIFEST_DIR\")) will fail as the test users: check out the repository under a readable path"
     fi
+    # markers in host places the test users cannot write; sandbox_fs checks they are invisible inside
+    MARK=jobcell-host-marker-$$-$RANDOM
+    HOST_MARKERS=""
+    for d in /home /root /etc /var/tmp /run; do
+        if [ -d "$d" ] && echo secret >"$d/$MARK" 2>/dev/null; then
+            chmod 644 "$d/$MARK"
+            HOST_MARKERS="$HOST_MARKERS:$d/$MARK"
+        fi
+    done
+    export JOBCELL_TEST_HOST_MARKERS=$HOST_MARKERS
+    trap 'rm -f "$MSGS"; rm -rf "$STAGE"; for m in ${HOST_MARKERS//:/ }; do rm -f "$m"; done' EXIT
     command -v newuidmap >/dev/null || echo "note: newuidmap/newgidmap missing (apt-get install uidmap): the subuid pass maps a single id too"
     ensure_user "$TEST_USER" yes
     ensure_user "$NOSUB_USER" no

@@ -135,83 +135,82 @@ fn timeout_gives_124_quickly() {
     );
 }
 
+/// Starts `jobcell run OPTS -- sh -c SCRIPT` where SCRIPT runs `/probe/probe sleep 1000 MARKER`, and returns once
+/// that probe runs (so jobcell's signal forwarding is surely in place).
+fn spawn_running(opts: &[&str], script: &str, marker: &str) -> std::process::Child {
+    let bind = probe_bind();
+    let mut a = vec!["run", "--bind", bind.as_str()];
+    a.extend_from_slice(opts);
+    a.extend_from_slice(&["--", "sh", "-c", script]);
+    let child = command(&a).spawn().unwrap();
+    let start = Instant::now();
+    while !pids_with(marker)
+        .iter()
+        .any(|(_, c)| c.starts_with("/probe/probe"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "payload never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 #[test]
 fn sigterm_to_jobcell_is_forwarded_to_the_payload() {
-    let marker = unique("term");
-    let child = command(&[
-        "run",
-        "--",
-        "sh",
-        "-c",
-        &format!("echo ready; exec sleep 1000 # {marker}"),
-    ])
-    .spawn()
-    .unwrap();
-    let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(700));
-    // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let o = finish(child, Duration::from_secs(10));
-    assert_code(&o, 143);
-    assert!(o.stdout.contains("ready"));
-    // SIGINT and SIGHUP as well
-    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGHUP, 129)] {
-        let child = command(&["run", "--", "sleep", "1000"]).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(700));
-        // SAFETY: as above.
+    for (sig, code) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+        (libc::SIGHUP, 129),
+    ] {
+        let marker = unique("sig");
+        let child = spawn_running(
+            &[],
+            &format!("exec /probe/probe sleep 1000 {marker}"),
+            &marker,
+        );
+        // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
         let o = finish(child, Duration::from_secs(10));
         assert_code(&o, code);
+        let left = wait_gone(&marker, Duration::from_secs(2));
+        assert!(left.is_empty(), "left after signal {sig}: {left:?}");
     }
 }
 
 #[test]
 fn payload_handling_sigterm_exits_with_its_own_status() {
-    let child = command(&[
-        "run",
-        "--",
-        "sh",
-        "-c",
-        "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done",
-    ])
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    let marker = unique("trap");
+    let child = spawn_running(
+        &[],
+        &format!("trap 'exit 42' TERM; /probe/probe sleep 1000 {marker} & wait"),
+        &marker,
+    );
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = finish(child, Duration::from_secs(10));
     assert_code(&o, 42);
+    let left = wait_gone(&marker, Duration::from_secs(2));
+    assert!(left.is_empty(), "the payload's child outlived it: {left:?}");
 }
 
 #[test]
 fn sigkill_of_jobcell_leaves_no_process() {
     let marker = unique("kill9");
-    let bind = probe_bind();
-    let child = command(&[
-        "run",
-        "--bind",
-        &bind,
-        "--",
-        "/probe/probe",
-        "sleep",
-        "1000",
+    // the payload, a background child and a setsid'd grandchild all carry the marker
+    let child = spawn_running(
+        &[],
+        &format!("/probe/probe sleep 1000 {marker} & setsid /probe/probe sleep 1000 {marker} & exec /probe/probe sleep 1000 {marker}"),
         &marker,
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let pid = child.id() as i32;
-    // wait until the payload runs (a process other than jobcell itself carries the marker)
+    );
     let start = Instant::now();
-    loop {
-        let n = pids_with(&marker)
-            .iter()
-            .filter(|(p, c)| *p != pid && c.starts_with("/probe/probe"))
-            .count();
-        if n > 0 {
-            break;
-        }
+    while pids_with(&marker)
+        .iter()
+        .filter(|(_, c)| c.starts_with("/probe/probe"))
+        .count()
+        < 3
+    {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "payload never started: {:?}",
@@ -220,7 +219,7 @@ fn sigkill_of_jobcell_leaves_no_process() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let o = finish(child, Duration::from_secs(5));
     assert_eq!(o.code, 1000 + libc::SIGKILL);
     let left = wait_gone(&marker, Duration::from_secs(2));
