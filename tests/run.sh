@@ -9,7 +9,8 @@
 # As a normal user: runs them as yourself; the no-subuid pass then runs as jctest-nosub only when sudo works without
 # a password, otherwise it is skipped with a note (CI runs as root and covers it).
 #
-# Environment: JOBCELL_TEST_USER (default jctest), JOBCELL_TEST_USER_NOSUB (default jctest-nosub),
+# Environment: JOBCELL_TEST_VM=1 also runs tests/cgroup_limits.rs in the cgroup v2 VM (vagrant/cargo-test, slow),
+#              JOBCELL_TEST_USER (default jctest), JOBCELL_TEST_USER_NOSUB (default jctest-nosub),
 #              JOBCELL_TEST_FILTER (passed to every test executable), CARGO (default cargo).
 set -euo pipefail
 
@@ -176,6 +177,18 @@ else
     else
         echo "note: single-id fallback pass skipped (needs user $NOSUB_USER without a subuid range and passwordless sudo; CI runs it as root)"
     fi
+fi
+
+# cgroup v2 limits need a host with delegated controllers; the throwaway VM of vagrant/ provides one (slow: qemu TCG).
+if [ "${JOBCELL_TEST_VM:-0}" = 1 ]; then
+    if [ -x vagrant/cargo-test ]; then
+        say "cgroup v2 tests in the VM: vagrant/cargo-test --release --test cgroup_limits"
+        vagrant/cargo-test --release --test cgroup_limits || FAILED=1
+    else
+        echo "note: JOBCELL_TEST_VM=1 but vagrant/cargo-test is missing"
+    fi
+else
+    echo "note: cgroup v2 limit tests in the VM skipped (set JOBCELL_TEST_VM=1; on this host cgroup_limits only checks the report)"
 fi
 
 if [ "$FAILED" != 0 ]; then
