@@ -66,7 +66,7 @@ fn fork_bomb_is_bounded_by_pids() {
     assert_code(&o, 0);
     let n: u32 = o.get("forked").parse().unwrap();
     assert_eq!(o.get("errno"), "EAGAIN", "{o:#?}");
-    assert!((10..20).contains(&n), "forked {n} children under --pids 20");
+    assert!((5..20).contains(&n), "forked {n} children under --pids 20");
     assert_eq!(
         o.get("fork_after"),
         "0",
