@@ -101,7 +101,7 @@ fn kill_default_signal_is_term() {
     let rt = Rt::new();
     // pid 1 ignores signals it has no handler for; install one for TERM.
     let b = Bundle::sh("trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done");
-    rt.create_start("t", &b_written(&b));
+    rt.create_start("t", b_written(&b));
     rt.ok(&["kill", "t"]);
     rt.wait_status("t", "stopped");
     rt.ok(&["delete", "t"]);

@@ -371,7 +371,7 @@ impl Bundle {
         fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
         Bundle {
             dir,
-            config: default_config(&args.iter().map(|s| *s).collect::<Vec<_>>()),
+            config: default_config(args),
         }
     }
 
