@@ -480,3 +480,47 @@ pub fn cap_bit(name: &str) -> u32 {
 pub fn cap_mask(names: &[&str]) -> u64 {
     names.iter().fold(0u64, |m, n| m | (1u64 << cap_bit(n)))
 }
+
+/// Parses `key=value` lines (what the in-container scripts print).
+pub fn kv(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Mappings with a range (container 0 = caller, 1..=N from a subordinate range; as root, any range),
+/// or None with the reason the test is skipped.
+pub fn range_mappings() -> Result<(Value, Value), String> {
+    if is_root() {
+        let m = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 200000, "size": 65536}]);
+        return Ok((m.clone(), m));
+    }
+    let u = sub_range("/etc/subuid").ok_or("no /etc/subuid range for this user")?;
+    let g = sub_range("/etc/subgid").ok_or("no /etc/subgid range for this user")?;
+    for tool in ["newuidmap", "newgidmap"] {
+        if !["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists()) {
+            return Err(format!("{tool} not installed"));
+        }
+    }
+    let n = u.1.min(g.1).min(65536);
+    Ok((
+        json!([{"containerID": 0, "hostID": euid(), "size": 1}, {"containerID": 1, "hostID": u.0, "size": n}]),
+        json!([{"containerID": 0, "hostID": egid(), "size": 1}, {"containerID": 1, "hostID": g.0, "size": n}]),
+    ))
+}
+
+/// Uses range mappings in `b`, or returns false (and says why) when this host/user has none.
+pub fn use_range_mappings(b: &mut Bundle) -> bool {
+    match range_mappings() {
+        Ok((u, g)) => {
+            b.linux()["uidMappings"] = u;
+            b.linux()["gidMappings"] = g;
+            true
+        }
+        Err(why) => {
+            eprintln!("skipping range-mapping part: {why}");
+            false
+        }
+    }
+}
