@@ -400,12 +400,12 @@ impl Bundle {
         .unwrap();
     }
 
-    pub fn process(&mut self) -> &mut serde_json::Map<String, Value> {
-        self.config["process"].as_object_mut().unwrap()
+    pub fn process(&mut self) -> &mut Value {
+        &mut self.config["process"]
     }
 
-    pub fn linux(&mut self) -> &mut serde_json::Map<String, Value> {
-        self.config["linux"].as_object_mut().unwrap()
+    pub fn linux(&mut self) -> &mut Value {
+        &mut self.config["linux"]
     }
 
     pub fn add_mount(&mut self, m: Value) {
