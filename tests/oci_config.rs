@@ -17,7 +17,12 @@ fn caps_script() -> &'static str {
 #[test]
 fn capabilities_as_root_in_container() {
     let mut b = Bundle::sh(caps_script());
-    let bnd = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETUID"];
+    let bnd = [
+        "CAP_CHOWN",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SETUID",
+    ];
     let inh = ["CAP_KILL", "CAP_NET_BIND_SERVICE"];
     let amb = ["CAP_KILL"];
     b.process()["capabilities"] = json!({
@@ -30,8 +35,15 @@ fn capabilities_as_root_in_container() {
     assert_eq!(status_field(&out, "CapAmb"), mask(&amb), "{out}");
     // uid 0 across execve (no SECBIT_NOROOT): permitted = effective = inheritable | bounding (as with runc).
     let eff = u64::from_str_radix(&status_field(&out, "CapEff"), 16).unwrap();
-    assert_eq!(eff & !cap_mask(&bnd), 0, "effective caps outside the bounding set: {out}");
-    assert!(eff & cap_mask(&["CAP_CHOWN", "CAP_KILL"]) == cap_mask(&["CAP_CHOWN", "CAP_KILL"]), "{out}");
+    assert_eq!(
+        eff & !cap_mask(&bnd),
+        0,
+        "effective caps outside the bounding set: {out}"
+    );
+    assert!(
+        eff & cap_mask(&["CAP_CHOWN", "CAP_KILL"]) == cap_mask(&["CAP_CHOWN", "CAP_KILL"]),
+        "{out}"
+    );
 }
 
 #[test]
@@ -48,11 +60,27 @@ fn capabilities_as_non_root_user() {
     });
     let out = b.run_ok();
     assert_eq!(status_field(&out, "CapBnd"), mask(&bnd), "{out}");
-    assert_eq!(status_field(&out, "CapInh"), mask(&["CAP_KILL", "CAP_NET_BIND_SERVICE"]), "{out}");
+    assert_eq!(
+        status_field(&out, "CapInh"),
+        mask(&["CAP_KILL", "CAP_NET_BIND_SERVICE"]),
+        "{out}"
+    );
     // A non-root process keeps exactly its ambient set across execve.
-    assert_eq!(status_field(&out, "CapAmb"), mask(&["CAP_NET_BIND_SERVICE"]), "{out}");
-    assert_eq!(status_field(&out, "CapPrm"), mask(&["CAP_NET_BIND_SERVICE"]), "{out}");
-    assert_eq!(status_field(&out, "CapEff"), mask(&["CAP_NET_BIND_SERVICE"]), "{out}");
+    assert_eq!(
+        status_field(&out, "CapAmb"),
+        mask(&["CAP_NET_BIND_SERVICE"]),
+        "{out}"
+    );
+    assert_eq!(
+        status_field(&out, "CapPrm"),
+        mask(&["CAP_NET_BIND_SERVICE"]),
+        "{out}"
+    );
+    assert_eq!(
+        status_field(&out, "CapEff"),
+        mask(&["CAP_NET_BIND_SERVICE"]),
+        "{out}"
+    );
 }
 
 #[test]
@@ -77,7 +105,10 @@ fn rlimits() {
     ]);
     let m = kv(&b.run_ok());
     // runc applies soft and hard separately (setrlimit(soft, hard)).
-    assert_eq!(m["limits"], "100 200", "RLIMIT_NOFILE soft/hard in /proc/self/limits");
+    assert_eq!(
+        m["limits"], "100 200",
+        "RLIMIT_NOFILE soft/hard in /proc/self/limits"
+    );
     assert_eq!(m["nofile"], "100");
     assert_eq!(m["nofile_hard"], "200");
     assert_eq!(m["core"], "0");
@@ -110,7 +141,11 @@ fn hostname_and_domainname() {
 #[test]
 fn root_readonly_and_writable() {
     let b = Bundle::sh("touch /newfile 2>/dev/null && echo w=yes || echo w=no");
-    assert_eq!(kv(&b.run_ok())["w"], "no", "root.readonly true must make / read-only");
+    assert_eq!(
+        kv(&b.run_ok())["w"],
+        "no",
+        "root.readonly true must make / read-only"
+    );
     let mut b = Bundle::sh("touch /newfile && echo w=yes");
     b.config["root"]["readonly"] = false.into();
     assert_eq!(kv(&b.run_ok())["w"], "yes");
@@ -136,7 +171,11 @@ fn mount_opts(mountinfo: &str, target: &str) -> Vec<String> {
 fn mounts_with_options() {
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("hello"), "from-host").unwrap();
-    std::fs::set_permissions(host.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let mut b = Bundle::sh(
         "cat /proc/self/mountinfo > /tmp/mi; \
          touch /ro/x 2>/dev/null && echo ro_write=yes || echo ro_write=no; \
@@ -157,7 +196,10 @@ fn mounts_with_options() {
     assert_eq!(m["nx_exec"], "no", "{out}");
     assert_eq!(m["bind_read"], "from-host");
     assert_eq!(m["bind_write"], "yes");
-    assert_eq!(std::fs::read_to_string(host.path().join("fromcontainer")).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("fromcontainer")).unwrap(),
+        "new\n"
+    );
     assert_eq!(m["robind_read"], "from-host");
     assert_eq!(m["robind_write"], "no");
     let ro = mount_opts(mi, "/ro");
@@ -168,13 +210,23 @@ fn mounts_with_options() {
     assert!(nx.iter().any(|x| x == "noexec"), "{nx:?}");
     let robind = mount_opts(mi, "/robind");
     for o in ["ro", "nosuid", "noexec", "nodev"] {
-        assert!(robind.iter().any(|x| x == o), "/robind lacks {o}: {robind:?}");
+        assert!(
+            robind.iter().any(|x| x == o),
+            "/robind lacks {o}: {robind:?}"
+        );
     }
-    assert!(mount_opts(mi, "/dev/mqueue").iter().any(|x| x == "type=mqueue"));
+    assert!(mount_opts(mi, "/dev/mqueue")
+        .iter()
+        .any(|x| x == "type=mqueue"));
     assert!(mount_opts(mi, "/proc").iter().any(|x| x == "type=proc"));
-    assert!(mount_opts(mi, "/dev/pts").iter().any(|x| x == "type=devpts"));
+    assert!(mount_opts(mi, "/dev/pts")
+        .iter()
+        .any(|x| x == "type=devpts"));
     assert!(mount_opts(mi, "/dev/shm").iter().any(|x| x == "type=tmpfs"));
-    assert!(mount_opts(mi, "/").iter().any(|x| x == "ro"), "root.readonly");
+    assert!(
+        mount_opts(mi, "/").iter().any(|x| x == "ro"),
+        "root.readonly"
+    );
 }
 
 #[test]
@@ -182,13 +234,22 @@ fn sysfs_and_cgroup_mounts_with_network_namespace() {
     let mut b = Bundle::sh("cat /proc/self/mountinfo; ls /sys/class/net");
     b.add_namespace("network");
     b.add_namespace("cgroup");
-    b.config["mounts"].as_array_mut().unwrap().retain(|m| m["destination"] != "/sys");
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["destination"] != "/sys");
     b.add_mount(json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}));
     b.add_mount(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
     let out = b.run_ok();
-    assert!(mount_opts(&out, "/sys").iter().any(|x| x == "type=sysfs"), "{out}");
+    assert!(
+        mount_opts(&out, "/sys").iter().any(|x| x == "type=sysfs"),
+        "{out}"
+    );
     let cg = mount_opts(&out, "/sys/fs/cgroup");
-    assert!(cg.iter().any(|x| x == "type=cgroup2"), "cgroup must become cgroup2: {cg:?}");
+    assert!(
+        cg.iter().any(|x| x == "type=cgroup2"),
+        "cgroup must become cgroup2: {cg:?}"
+    );
     assert!(cg.iter().any(|x| x == "ro"), "{cg:?}");
     // A fresh network namespace has only loopback.
     assert_eq!(out.lines().last(), Some("lo"), "{out}");
@@ -215,7 +276,13 @@ fn masked_and_readonly_paths() {
          echo missing_masked=ok",
     );
     std::fs::write(b.rootfs().join("etc/secret"), "do not read").unwrap();
-    b.linux()["maskedPaths"] = json!(["/proc/kcore", "/proc/keys", "/etc/secret", "/sys/firmware", "/proc/does-not-exist"]);
+    b.linux()["maskedPaths"] = json!([
+        "/proc/kcore",
+        "/proc/keys",
+        "/etc/secret",
+        "/sys/firmware",
+        "/proc/does-not-exist"
+    ]);
     b.linux()["readonlyPaths"] = json!(["/proc/sys", "/proc/sysrq-trigger", "/proc/no-such"]);
     let m = kv(&b.run_ok());
     assert_eq!(m["secret"], "0", "masked file reads empty");
@@ -223,7 +290,10 @@ fn masked_and_readonly_paths() {
     assert_eq!(m["sys_write"], "no", "/proc/sys is read-only");
     assert_eq!(m["sysrq"], "no");
     assert_eq!(m["masked_file_exists"], "yes");
-    assert_eq!(m["missing_masked"], "ok", "missing masked/readonly paths are skipped (runc)");
+    assert_eq!(
+        m["missing_masked"], "ok",
+        "missing masked/readonly paths are skipped (runc)"
+    );
 }
 
 #[test]
@@ -252,13 +322,15 @@ fn sysctl_not_namespaced_is_refused() {
     let mut b = Bundle::new(&["true"]);
     b.linux()["sysctl"] = json!({"vm.swappiness": "10"});
     b.write();
-    rt.jc(&["create", "sc", "-b", b.path_str()]).fails_one_line();
+    rt.jc(&["create", "sc", "-b", b.path_str()])
+        .fails_one_line();
     assert!(rt.ids().is_empty(), "{:?}", rt.ids());
     // net.* without a network namespace is refused too.
     let mut b = Bundle::new(&["true"]);
     b.linux()["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
     b.write();
-    rt.jc(&["create", "sc2", "-b", b.path_str()]).fails_one_line();
+    rt.jc(&["create", "sc2", "-b", b.path_str()])
+        .fails_one_line();
     assert!(rt.ids().is_empty(), "{:?}", rt.ids());
 }
 
@@ -266,9 +338,25 @@ fn sysctl_not_namespaced_is_refused() {
 fn single_id_mapping() {
     let b = Bundle::sh("cat /proc/self/uid_map /proc/self/gid_map; echo setgroups=$(cat /proc/self/setgroups); id -u; id -g");
     let out = b.run_ok();
-    let lines: Vec<Vec<&str>> = out.lines().take(2).map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(lines[0], vec!["0".to_string(), euid().to_string(), "1".into()].iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(lines[1], vec!["0".to_string(), egid().to_string(), "1".into()].iter().map(String::as_str).collect::<Vec<_>>());
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .take(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        vec!["0".to_string(), euid().to_string(), "1".into()]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lines[1],
+        vec!["0".to_string(), egid().to_string(), "1".into()]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
     let rest: Vec<&str> = out.lines().skip(3).collect();
     assert_eq!(rest, vec!["0", "0"], "{out}");
 }
@@ -276,7 +364,11 @@ fn single_id_mapping() {
 #[test]
 fn range_mapping_user_and_additional_gids() {
     let host = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(host.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let mut b = Bundle::sh("cat /proc/self/uid_map; echo uid=$(id -u) gid=$(id -g) groups=$(id -G); touch /data/f; echo setgroups=$(cat /proc/self/setgroups)");
     if !use_range_mappings(&mut b) {
         return;
@@ -285,20 +377,37 @@ fn range_mapping_user_and_additional_gids() {
     b.add_mount(json!({"destination": "/data", "type": "bind", "source": host.path(), "options": ["rbind"]}));
     let out = b.run_ok();
     let (u, _) = range_mappings().unwrap();
-    let maps: Vec<Vec<u64>> = out.lines().take(2).map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect()).collect();
+    let maps: Vec<Vec<u64>> = out
+        .lines()
+        .take(2)
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect();
     for (i, m) in u.as_array().unwrap().iter().enumerate() {
-        let want = vec![m["containerID"].as_u64().unwrap(), m["hostID"].as_u64().unwrap(), m["size"].as_u64().unwrap()];
-        assert!(maps.contains(&want), "uid_map lacks {want:?}: {out} (map {i})");
+        let want = vec![
+            m["containerID"].as_u64().unwrap(),
+            m["hostID"].as_u64().unwrap(),
+            m["size"].as_u64().unwrap(),
+        ];
+        assert!(
+            maps.contains(&want),
+            "uid_map lacks {want:?}: {out} (map {i})"
+        );
     }
     let m = kv(&out);
     assert!(out.contains("uid=1000 gid=1000"), "{out}");
-    let groups: Vec<&str> = m["uid"].split("groups=").nth(1).unwrap_or("").split_whitespace().collect();
+    let groups: Vec<&str> = m["uid"]
+        .split("groups=")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     for g in ["1000", "2000", "3000"] {
         assert!(groups.contains(&g), "additionalGids: {out}");
     }
     // The file created by container uid 1000 belongs to host uid (range start + 999).
     let host_uid = u[1]["hostID"].as_u64().unwrap() + 999;
-    let meta = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(host.path().join("f")).unwrap());
+    let meta =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(host.path().join("f")).unwrap());
     assert_eq!(meta as u64, host_uid);
 }
 
@@ -330,7 +439,10 @@ fn seccomp_errno_default_and_arg_filter() {
         ]
     });
     let out = b.run_ok();
-    assert!(out.contains("Permission denied"), "errnoRet 13 = EACCES: {out}");
+    assert!(
+        out.contains("Permission denied"),
+        "errnoRet 13 = EACCES: {out}"
+    );
 }
 
 #[test]
@@ -389,7 +501,15 @@ fn oom_score_adj() {
 
 #[test]
 fn rootfs_propagation_values_accepted() {
-    for p in ["private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable"] {
+    for p in [
+        "private",
+        "rprivate",
+        "slave",
+        "rslave",
+        "shared",
+        "rshared",
+        "unbindable",
+    ] {
         let mut b = Bundle::sh("echo ok");
         b.linux()["rootfsPropagation"] = json!(p);
         assert_eq!(b.run_ok().trim(), "ok", "rootfsPropagation {p}");
@@ -400,7 +520,8 @@ fn rootfs_propagation_values_accepted() {
 fn resources_reported_not_fatal() {
     // This host has no usable cgroup v2 controllers: limits are reported, not enforced, and the container runs.
     let mut b = Bundle::sh("echo ok");
-    b.linux()["resources"] = json!({"memory": {"limit": 268435456}, "pids": {"limit": 100}, "cpu": {"shares": 512}});
+    b.linux()["resources"] =
+        json!({"memory": {"limit": 268435456}, "pids": {"limit": 100}, "cpu": {"shares": 512}});
     assert_eq!(b.run_ok().trim(), "ok");
 }
 
@@ -410,7 +531,10 @@ fn network_namespace_has_only_loopback() {
     b.add_namespace("network");
     let out = b.run_ok();
     let ifs: Vec<&str> = out.lines().collect();
-    assert!(ifs.contains(&"lo") && !ifs.iter().any(|i| i.starts_with("eth")), "{out}");
+    assert!(
+        ifs.contains(&"lo") && !ifs.iter().any(|i| i.starts_with("eth")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -422,7 +546,8 @@ fn join_namespaces_by_path() {
     a.write();
     rt.create_start("a", &a);
     let pid = rt.state("a")["pid"].as_i64().unwrap();
-    let mut b = Bundle::sh("hostname; for n in uts ipc net user; do readlink /proc/self/ns/$n; done");
+    let mut b =
+        Bundle::sh("hostname; for n in uts ipc net user; do readlink /proc/self/ns/$n; done");
     b.config.as_object_mut().unwrap().remove("hostname");
     b.linux()["namespaces"] = json!([
         {"type": "user", "path": format!("/proc/{pid}/ns/user")},
@@ -462,7 +587,10 @@ fn join_pid_namespace_by_path_is_refused() {
     b.linux().as_object_mut().unwrap().remove("gidMappings");
     b.write();
     let line = rt.jc(&["create", "b", "-b", b.path_str()]).fails_one_line();
-    assert!(line.contains("pid"), "refused for the pid namespace, not something else: {line}");
+    assert!(
+        line.contains("pid"),
+        "refused for the pid namespace, not something else: {line}"
+    );
     assert_eq!(rt.ids(), vec!["a"]);
     rt.ok(&["delete", "--force", "a"]);
 }

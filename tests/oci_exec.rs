@@ -18,11 +18,21 @@ fn running(rt: &Rt, id: &str) -> Bundle {
 fn exec_args_and_exit_status() {
     let rt = Rt::new();
     let _b = running(&rt, "e");
-    let o = rt.jc(&["exec", "e", "--", "sh", "-c", "echo hi; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 4"]);
+    let o = rt.jc(&[
+        "exec",
+        "e",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 4",
+    ]);
     assert_eq!(o.code(), 4, "{o:?}");
     let mut lines = o.stdout.lines();
     assert_eq!(lines.next(), Some("hi"));
-    assert!(lines.next().unwrap_or("").starts_with("sleep 600"), "exec is not in the container's pid namespace: {o:?}");
+    assert!(
+        lines.next().unwrap_or("").starts_with("sleep 600"),
+        "exec is not in the container's pid namespace: {o:?}"
+    );
     assert_eq!(rt.jc(&["exec", "e", "--", "true"]).code(), 0);
     // A command that does not exist: non-zero, container unaffected.
     let o = rt.jc(&["exec", "e", "--", "/no/such/cmd"]);
@@ -35,7 +45,18 @@ fn exec_args_and_exit_status() {
 fn exec_env_cwd_user() {
     let rt = Rt::new();
     let _b = running(&rt, "env");
-    let o = rt.jc(&["exec", "--env", "FOO=bar", "--cwd", "/tmp", "env", "--", "sh", "-c", "echo foo=$FOO; echo base=$CONTAINER_VAR; echo cwd=$(pwd); echo uid=$(id -u)"]);
+    let o = rt.jc(&[
+        "exec",
+        "--env",
+        "FOO=bar",
+        "--cwd",
+        "/tmp",
+        "env",
+        "--",
+        "sh",
+        "-c",
+        "echo foo=$FOO; echo base=$CONTAINER_VAR; echo cwd=$(pwd); echo uid=$(id -u)",
+    ]);
     o.ok();
     let m = kv(&o.stdout);
     assert_eq!(m["foo"], "bar");
@@ -56,7 +77,16 @@ fn exec_as_other_user_with_ranges() {
     }
     b.write();
     rt.create_start("u", &b);
-    let o = rt.jc(&["exec", "--user", "1000:1001", "u", "--", "sh", "-c", "echo uid=$(id -u) gid=$(id -g)"]);
+    let o = rt.jc(&[
+        "exec",
+        "--user",
+        "1000:1001",
+        "u",
+        "--",
+        "sh",
+        "-c",
+        "echo uid=$(id -u) gid=$(id -g)",
+    ]);
     assert_eq!(o.ok().stdout.trim(), "uid=1000 gid=1001");
     rt.ok(&["delete", "--force", "u"]);
 }
@@ -87,11 +117,15 @@ fn exec_process_json() {
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(lines[0], "v=fromjson");
     assert_eq!(lines[1], "/proc");
-    assert_eq!(status_field(&o.stdout, "CapBnd"), format!("{:016x}", cap_mask(&["CAP_KILL"])));
+    assert_eq!(
+        status_field(&o.stdout, "CapBnd"),
+        format!("{:016x}", cap_mask(&["CAP_KILL"]))
+    );
     assert_eq!(status_field(&o.stdout, "NoNewPrivs"), "1");
     // A malformed process file: one-line error.
     std::fs::write(&f, "{").unwrap();
-    rt.jc(&["exec", "--process", f.to_str().unwrap(), "pj"]).fails_one_line();
+    rt.jc(&["exec", "--process", f.to_str().unwrap(), "pj"])
+        .fails_one_line();
     rt.ok(&["delete", "--force", "pj"]);
 }
 
@@ -99,15 +133,38 @@ fn exec_process_json() {
 fn exec_gets_container_security_settings() {
     let rt = Rt::new();
     let _b = running(&rt, "sec");
-    let o = rt.jc(&["exec", "sec", "--", "grep", "-E", "^(CapBnd|NoNewPrivs)", "/proc/self/status"]);
+    let o = rt.jc(&[
+        "exec",
+        "sec",
+        "--",
+        "grep",
+        "-E",
+        "^(CapBnd|NoNewPrivs)",
+        "/proc/self/status",
+    ]);
     o.ok();
-    assert_eq!(status_field(&o.stdout, "CapBnd"), format!("{:016x}", cap_mask(DEFAULT_CAPS)));
+    assert_eq!(
+        status_field(&o.stdout, "CapBnd"),
+        format!("{:016x}", cap_mask(DEFAULT_CAPS))
+    );
     assert_eq!(status_field(&o.stdout, "NoNewPrivs"), "1");
-    let o = rt.jc(&["exec", "sec", "--", "sh", "-c", "for n in pid mnt uts; do readlink /proc/self/ns/$n; done"]);
+    let o = rt.jc(&[
+        "exec",
+        "sec",
+        "--",
+        "sh",
+        "-c",
+        "for n in pid mnt uts; do readlink /proc/self/ns/$n; done",
+    ]);
     let pid = rt.state("sec")["pid"].as_i64().unwrap();
     let want: Vec<String> = ["pid", "mnt", "uts"]
         .iter()
-        .map(|n| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap().to_string_lossy().into_owned())
+        .map(|n| {
+            std::fs::read_link(format!("/proc/{pid}/ns/{n}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert_eq!(o.ok().stdout.lines().collect::<Vec<_>>(), want);
     rt.ok(&["delete", "--force", "sec"]);
@@ -119,16 +176,32 @@ fn exec_detach_with_pid_file() {
     let _b = running(&rt, "ed");
     let dir = tempfile::tempdir().unwrap();
     let pf = dir.path().join("exec.pid");
-    rt.ok(&["exec", "--detach", "--pid-file", pf.to_str().unwrap(), "ed", "--", "sleep", "500"]);
-    let pid: i64 = std::fs::read_to_string(&pf).unwrap().trim().parse().unwrap();
+    rt.ok(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        pf.to_str().unwrap(),
+        "ed",
+        "--",
+        "sleep",
+        "500",
+    ]);
+    let pid: i64 = std::fs::read_to_string(&pf)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(cmdline.starts_with("sleep\0500"), "{cmdline:?}");
-    let ps: Vec<i64> = serde_json::from_str(rt.ok(&["ps", "--format", "json", "ed"]).stdout.trim()).unwrap();
+    let ps: Vec<i64> =
+        serde_json::from_str(rt.ok(&["ps", "--format", "json", "ed"]).stdout.trim()).unwrap();
     assert!(ps.contains(&pid), "{ps:?} lacks exec'd {pid}");
     rt.ok(&["delete", "--force", "ed"]);
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true),
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true),
         "exec'd process survived delete --force"
     );
 }

@@ -499,7 +499,10 @@ pub fn range_mappings() -> Result<(Value, Value), String> {
     let u = sub_range("/etc/subuid").ok_or("no /etc/subuid range for this user")?;
     let g = sub_range("/etc/subgid").ok_or("no /etc/subgid range for this user")?;
     for tool in ["newuidmap", "newgidmap"] {
-        if !["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists()) {
+        if !["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists())
+        {
             return Err(format!("{tool} not installed"));
         }
     }
