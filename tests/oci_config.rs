@@ -155,8 +155,7 @@ fn root_readonly_and_writable() {
 fn mount_opts(mountinfo: &str, target: &str) -> Vec<String> {
     let line = mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(target))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(target))
         .unwrap_or_else(|| panic!("{target} not mounted:\n{mountinfo}"));
     let f: Vec<&str> = line.split(' ').collect();
     // Per-mount options (field 6) plus the superblock options after " - TYPE SOURCE ".
@@ -338,25 +337,13 @@ fn sysctl_not_namespaced_is_refused() {
 fn single_id_mapping() {
     let b = Bundle::sh("cat /proc/self/uid_map /proc/self/gid_map; echo setgroups=$(cat /proc/self/setgroups); id -u; id -g");
     let out = b.run_ok();
-    let lines: Vec<Vec<&str>> = out
+    let lines: Vec<Vec<String>> = out
         .lines()
         .take(2)
-        .map(|l| l.split_whitespace().collect())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
         .collect();
-    assert_eq!(
-        lines[0],
-        vec!["0".to_string(), euid().to_string(), "1".into()]
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(
-        lines[1],
-        vec!["0".to_string(), egid().to_string(), "1".into()]
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(lines[0], ["0".to_string(), euid().to_string(), "1".into()]);
+    assert_eq!(lines[1], ["0".to_string(), egid().to_string(), "1".into()]);
     let rest: Vec<&str> = out.lines().skip(3).collect();
     assert_eq!(rest, vec!["0", "0"], "{out}");
 }
