@@ -192,7 +192,7 @@ fn exec_detach_with_pid_file() {
         .parse()
         .unwrap();
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(cmdline.starts_with("sleep\0500"), "{cmdline:?}");
+    assert!(cmdline.starts_with("sleep\u{0}500"), "{cmdline:?}");
     let ps: Vec<i64> =
         serde_json::from_str(rt.ok(&["ps", "--format", "json", "ed"]).stdout.trim()).unwrap();
     assert!(ps.contains(&pid), "{ps:?} lacks exec'd {pid}");
