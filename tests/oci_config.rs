@@ -433,6 +433,35 @@ fn seccomp_errno_default_and_arg_filter() {
 }
 
 #[test]
+fn seccomp_without_no_new_privileges() {
+    // podman's default: a seccomp profile, noNewPrivileges unset, CAP_SYS_ADMIN not in the sets. runc loads
+    // the filter before dropping capabilities in that case (seccomp(2) needs CAP_SYS_ADMIN without
+    // no_new_privs); loading it after the drop fails with EACCES.
+    let mut b = Bundle::sh(
+        "mkdir /tmp/d 2>&1; echo rc=$?; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
+    );
+    b.process()["noNewPrivileges"] = false.into();
+    b.linux()["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let rt = Rt::new();
+    let o = b.run(&rt, "nnp");
+    assert_eq!(
+        o.code(),
+        0,
+        "seccomp without noNewPrivileges must load (and a failure must say why): {o:?}"
+    );
+    assert_eq!(
+        kv(&o.stdout).get("rc").map(String::as_str),
+        Some("1"),
+        "{o:?}"
+    );
+    assert_eq!(status_field(&o.stdout, "Seccomp"), "2");
+    assert_eq!(status_field(&o.stdout, "NoNewPrivs"), "0");
+}
+
+#[test]
 fn seccomp_notify_is_rejected() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
