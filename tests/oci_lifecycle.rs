@@ -463,3 +463,38 @@ fn many_containers_in_one_root() {
     }
     assert!(rt.ids().is_empty());
 }
+
+#[test]
+fn default_root_inside_a_user_namespace_honours_xdg_runtime_dir() {
+    // Rootless podman runs the runtime inside its user namespace, where euid is 0, without --root. runc then
+    // still uses $XDG_RUNTIME_DIR/runc (it honours XDG_RUNTIME_DIR when euid != 0, or when in a non-initial
+    // user namespace and $USER is not "root"); /run/<runtime> is not writable there.
+    if std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: unshare(1) not installed");
+        return;
+    }
+    let xdg = tempfile::tempdir().unwrap();
+    let mut b = Bundle::new(&["true"]);
+    b.linux()["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
+    b.linux()["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
+    b.write();
+    let cid = id("xdg");
+    let in_userns = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--user", "--map-root-user", "--"])
+            .arg(bin())
+            .args(args)
+            .env("XDG_RUNTIME_DIR", xdg.path())
+            .env("USER", "jcuser");
+        run_cmd(&mut cmd, None)
+    };
+    let o = in_userns(&["create", &cid, "-b", b.path_str()]);
+    let under_xdg = xdg.path().join("jobcell").join(&cid).is_dir();
+    let _ = in_userns(&["delete", "--force", &cid]);
+    o.ok();
+    assert!(under_xdg, "state not under $XDG_RUNTIME_DIR/jobcell: {o:?}");
+}
