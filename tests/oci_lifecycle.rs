@@ -498,3 +498,65 @@ fn default_root_inside_a_user_namespace_honours_xdg_runtime_dir() {
     o.ok();
     assert!(under_xdg, "state not under $XDG_RUNTIME_DIR/jobcell: {o:?}");
 }
+
+#[test]
+fn log_file_json_gets_the_error() {
+    // podman/containerd pass --log FILE --log-format json and read errors from there.
+    let rt = Rt::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.json");
+    let o = rt.jc(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "state",
+        "nope",
+    ]);
+    let line = o.fails_one_line();
+    let text = std::fs::read_to_string(&log).expect("--log file written");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(last["level"], "error", "{text}");
+    assert!(
+        line.contains(last["msg"].as_str().unwrap()),
+        "{line} vs {text}"
+    );
+}
+
+#[test]
+fn concurrent_creates_of_one_id() {
+    let rt = std::sync::Arc::new(Rt::new());
+    let b = Bundle::sh("exec sleep 600");
+    b.write();
+    let path = b.path_str().to_string();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let rt = rt.clone();
+            let path = path.clone();
+            std::thread::spawn(move || rt.jc(&["create", "same", "-b", &path]).status.success())
+        })
+        .collect();
+    let wins = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|w| *w)
+        .count();
+    assert_eq!(wins, 1, "exactly one concurrent create wins");
+    assert_eq!(rt.status("same"), "created");
+    rt.ok(&["delete", "same"]);
+    assert!(rt.ids().is_empty(), "{:?}", rt.ids());
+}
+
+#[test]
+fn container_dying_while_created_reports_stopped() {
+    let rt = Rt::new();
+    let b = Bundle::sh("exec sleep 600");
+    b.write();
+    rt.ok(&["create", "dc", "-b", b.path_str()]);
+    rt.ok(&["kill", "dc", "KILL"]);
+    rt.wait_status("dc", "stopped");
+    rt.jc(&["start", "dc"]).fails_one_line();
+    rt.ok(&["delete", "dc"]);
+    assert!(rt.ids().is_empty());
+}
