@@ -619,3 +619,72 @@ fn pid_namespace_pid_one() {
     // sh, the $(...) subshell, ls and wc: nothing from the host.
     assert!(m["n"].parse::<u32>().unwrap() <= 5, "{m:?}");
 }
+
+#[test]
+fn hostname_without_uts_namespace_is_refused() {
+    // runc: "unable to set hostname without a private UTS namespace". Setting it anyway would rename the
+    // host (as root without a user namespace), so this test runs jobcell inside a throwaway `unshare --uts`.
+    if std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: unshare(1) not installed");
+        return;
+    }
+    let rt = Rt::new();
+    let mut b = Bundle::sh("hostname");
+    b.config["hostname"] = json!("clobbered");
+    let keep: &[&str] = if is_root() {
+        &["pid", "ipc", "mount"]
+    } else {
+        &["pid", "ipc", "mount", "user"]
+    };
+    b.linux()["namespaces"] = json!(keep.iter().map(|t| json!({"type": t})).collect::<Vec<_>>());
+    if is_root() {
+        b.linux().as_object_mut().unwrap().remove("uidMappings");
+        b.linux().as_object_mut().unwrap().remove("gidMappings");
+    }
+    b.write();
+    let script = format!(
+        "{} --root {} run h -b {}; echo \"rc=$?\"; echo \"outer=$(hostname)\"",
+        bin().display(),
+        rt.root().display(),
+        b.path_str()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    if is_root() {
+        cmd.args(["--uts", "--", "sh", "-c", &script]);
+    } else {
+        cmd.args([
+            "--user",
+            "--map-current-user",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        // Without privileges the throwaway namespace needs its own user namespace; the config's user
+        // namespace then nests inside it (hostID = our uid still maps).
+    }
+    let o = run_cmd(&mut cmd, None);
+    let m = kv(&o.stdout);
+    assert_ne!(
+        m.get("outer").map(String::as_str),
+        Some("clobbered"),
+        "the runtime renamed its own UTS namespace: {o:?}"
+    );
+    assert_ne!(
+        m.get("rc").map(String::as_str),
+        Some("0"),
+        "must refuse: {o:?}"
+    );
+    let errs: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(errs.len(), 1, "{o:?}");
+    assert!(
+        errs[0].contains("UTS") || errs[0].contains("uts"),
+        "say why: {o:?}"
+    );
+    assert!(rt.ids().is_empty(), "{:?}", rt.ids());
+}
