@@ -62,7 +62,8 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 /// The caller's cgroup v2 path relative to the mount ("/" for the root).
 pub fn own_cgroup() -> Option<String> {
     let s = fs::read_to_string("/proc/self/cgroup").ok()?;
-    s.lines().find_map(|l| l.strip_prefix("0::").map(|p| p.to_string()))
+    s.lines()
+        .find_map(|l| l.strip_prefix("0::").map(|p| p.to_string()))
 }
 
 fn writable(p: &Path) -> bool {
@@ -86,7 +87,11 @@ pub fn find_base() -> Result<PathBuf, String> {
     let own = own_cgroup().unwrap_or_else(|| "/".into());
     let own_dir = mnt.join(own.trim_start_matches('/'));
     let root_ctl = controllers(&mnt);
-    let missing: Vec<&str> = CONTROLLERS.iter().copied().filter(|k| !root_ctl.iter().any(|h| h == k)).collect();
+    let missing: Vec<&str> = CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|k| !root_ctl.iter().any(|h| h == k))
+        .collect();
     if !missing.is_empty() {
         return Err(if hybrid {
             format!(
@@ -95,14 +100,22 @@ pub fn find_base() -> Result<PathBuf, String> {
                 missing.join(", ")
             )
         } else {
-            format!("cgroup v2 at {} lacks the {} controllers", mnt.display(), missing.join(", "))
+            format!(
+                "cgroup v2 at {} lacks the {} controllers",
+                mnt.display(),
+                missing.join(", ")
+            )
         });
     }
 
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(p) = std::env::var("JOBCELL_CGROUP_PARENT") {
         let p = PathBuf::from(&p);
-        candidates.push(if p.starts_with(&mnt) { p } else { mnt.join(p.strip_prefix("/").unwrap_or(&p)) });
+        candidates.push(if p.starts_with(&mnt) {
+            p
+        } else {
+            mnt.join(p.strip_prefix("/").unwrap_or(&p))
+        });
     } else {
         if nix::unistd::geteuid().is_root() {
             candidates.push(own_dir.clone());
@@ -119,11 +132,22 @@ pub fn find_base() -> Result<PathBuf, String> {
     let mut why = Vec::new();
     for c in candidates {
         let ctl = controllers(&c);
-        let missing: Vec<&str> = CONTROLLERS.iter().copied().filter(|k| !ctl.iter().any(|h| h == k)).collect();
+        let missing: Vec<&str> = CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|k| !ctl.iter().any(|h| h == k))
+            .collect();
         if !writable(&c) || !writable(&c.join("cgroup.subtree_control")) {
-            why.push(format!("{} is not writable by this user (no delegation)", c.display()));
+            why.push(format!(
+                "{} is not writable by this user (no delegation)",
+                c.display()
+            ));
         } else if !missing.is_empty() {
-            why.push(format!("{} lacks controllers {} (enable them in its parent's cgroup.subtree_control)", c.display(), missing.join(",")));
+            why.push(format!(
+                "{} lacks controllers {} (enable them in its parent's cgroup.subtree_control)",
+                c.display(),
+                missing.join(",")
+            ));
         } else {
             return Ok(c);
         }
@@ -141,7 +165,11 @@ pub struct Cgroup {
     dir: OwnedFd,
 }
 
-fn io_err<'a>(path: &'a Path, what: &'static str, hint: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+fn io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+    hint: &'static str,
+) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io {
         path: path.to_path_buf(),
         what,
@@ -171,11 +199,17 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 
 /// Removes cgroups under `<base>/jobcell` whose creating supervisor is gone.
 pub fn remove_stale(jobcell_dir: &Path) {
-    let Ok(rd) = fs::read_dir(jobcell_dir) else { return };
+    let Ok(rd) = fs::read_dir(jobcell_dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH) {
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH)
+        {
             let p = e.path();
             // Processes still inside (a crashed supervisor's sandbox) are killed first.
             let _ = fs::write(p.join("cgroup.kill"), "1");
@@ -189,14 +223,21 @@ fn remove_dir_retry(p: &Path) {
         match fs::remove_dir(p) {
             Ok(()) => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(if i < 10 { 1 } else { 10 })),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(if i < 10 {
+                1
+            } else {
+                10
+            })),
         }
     }
 }
 
 /// Prepares the sandbox cgroup, or reports why limits are not enforced.
 /// `name` names the cgroup (OCI containers use their id); by default `<supervisor pid>-<n>`.
-pub fn prepare(res: Option<&LinuxResources>, name: Option<&str>) -> Result<(Option<Cgroup>, LimitsReport), CgroupError> {
+pub fn prepare(
+    res: Option<&LinuxResources>,
+    name: Option<&str>,
+) -> Result<(Option<Cgroup>, LimitsReport), CgroupError> {
     let base = match find_base() {
         Ok(b) => b,
         Err(reason) => {
@@ -215,18 +256,36 @@ pub fn prepare(res: Option<&LinuxResources>, name: Option<&str>) -> Result<(Opti
     match fs::create_dir(&top) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_stale(&top),
-        Err(e) => return Err(io_err(&top, "mkdir", "delegate the parent directory to this user")(e)),
+        Err(e) => {
+            return Err(io_err(
+                &top,
+                "mkdir",
+                "delegate the parent directory to this user",
+            )(e))
+        }
     }
     enable_controllers(&top)?;
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = match name {
         Some(n) => format!("oci-{n}"),
-        None => format!("{}-{}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        None => format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
     };
     let path = top.join(name);
-    fs::create_dir(&path).map_err(io_err(&path, "mkdir", "delegate the parent directory to this user"))?;
-    let dir = nix::fcntl::open(&path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| io_err(&path, "open", "check permissions")(e.into()))?;
+    fs::create_dir(&path).map_err(io_err(
+        &path,
+        "mkdir",
+        "delegate the parent directory to this user",
+    ))?;
+    let dir = nix::fcntl::open(
+        &path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| io_err(&path, "open", "check permissions")(e.into()))?;
     let cg = Cgroup { path, dir };
     if let Err(e) = cg.apply(res) {
         cg.remove();
@@ -254,7 +313,11 @@ impl Cgroup {
     }
 
     fn write(&self, file: &'static str, value: &str) -> Result<(), CgroupError> {
-        fs::write(self.path.join(file), value).map_err(io_err(&self.path, file, "the value was refused by the kernel"))
+        fs::write(self.path.join(file), value).map_err(io_err(
+            &self.path,
+            file,
+            "the value was refused by the kernel",
+        ))
     }
 
     fn apply(&self, res: Option<&LinuxResources>) -> Result<(), CgroupError> {
@@ -276,29 +339,50 @@ impl Cgroup {
             }
         }
         if let Some(p) = res.pids() {
-            let v = if p.limit() > 0 { p.limit().to_string() } else { "max".into() };
+            let v = if p.limit() > 0 {
+                p.limit().to_string()
+            } else {
+                "max".into()
+            };
             self.write("pids.max", &v)?;
         }
         if let Some(io) = res.block_io() {
             for t in io.throttle_read_bps_device().as_deref().unwrap_or_default() {
-                self.write("io.max", &format!("{}:{} rbps={}", t.major(), t.minor(), t.rate()))?;
+                self.write(
+                    "io.max",
+                    &format!("{}:{} rbps={}", t.major(), t.minor(), t.rate()),
+                )?;
             }
-            for t in io.throttle_write_bps_device().as_deref().unwrap_or_default() {
-                self.write("io.max", &format!("{}:{} wbps={}", t.major(), t.minor(), t.rate()))?;
+            for t in io
+                .throttle_write_bps_device()
+                .as_deref()
+                .unwrap_or_default()
+            {
+                self.write(
+                    "io.max",
+                    &format!("{}:{} wbps={}", t.major(), t.minor(), t.rate()),
+                )?;
             }
         }
         Ok(())
     }
 
     fn read_kv(&self, file: &str, key: &str) -> Option<u64> {
-        fs::read_to_string(self.path.join(file)).ok()?.lines().find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse().ok())?
-        })
+        fs::read_to_string(self.path.join(file))
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok())?
+            })
     }
 
     fn read_num(&self, file: &str) -> Option<u64> {
-        fs::read_to_string(self.path.join(file)).ok()?.trim().parse().ok()
+        fs::read_to_string(self.path.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Figures for the outcome.
@@ -318,13 +402,27 @@ impl Cgroup {
 
     /// Opens an existing sandbox cgroup (OCI verbs after `create`).
     pub fn open(path: &Path) -> Option<Cgroup> {
-        let dir = nix::fcntl::open(path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
-        Some(Cgroup { path: path.to_path_buf(), dir })
+        let dir = nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        Some(Cgroup {
+            path: path.to_path_buf(),
+            dir,
+        })
     }
 
     /// Pids of the processes in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
     }
 
     /// Kills anything left and removes the directory.

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "jobcell", version, about = "A rootless sandbox runtime for untrusted jobs")]
+#[command(
+    name = "jobcell",
+    version,
+    about = "A rootless sandbox runtime for untrusted jobs"
+)]
 struct Cli {
     /// OCI state directory (default: /run/jobcell as root, $XDG_RUNTIME_DIR/jobcell rootless).
     #[arg(long, global = true)]
@@ -33,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one command in a new sandbox (`-- COMMAND`), or an OCI container (`ID --bundle DIR`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this host supports: user namespaces, cgroup v2 delegation, seccomp, id-mapping helpers.
     Check,
     /// OCI: create a container from a bundle, stopped before its process starts.
@@ -75,6 +79,10 @@ enum Cmd {
     },
     /// OCI: run a process in a running container.
     Exec(ExecArgs),
+    /// Run the embedded API server (and, with --executor local, run claimed jobs here).
+    Serve(jobcell::api::ServeArgs),
+    /// Helper for job scripts inside a sandbox (talks to the runtime API).
+    Ctl(jobcell::ctl::CtlArgs),
 }
 
 #[derive(Args)]
@@ -241,7 +249,9 @@ fn run(a: RunArgs, root: &std::path::Path) -> ExitCode {
         return finish_run(&spec, &opts, a.json.as_deref(), a.timeout.as_deref());
     }
     if a.command.is_empty() {
-        return fail("no command given: use `jobcell run [OPTIONS] -- COMMAND [ARGS...]`, or `--bundle DIR`");
+        return fail(
+            "no command given: use `jobcell run [OPTIONS] -- COMMAND [ARGS...]`, or `--bundle DIR`",
+        );
     }
     let req = RunRequest {
         profile: a.profile,
@@ -258,7 +268,13 @@ fn run(a: RunArgs, root: &std::path::Path) -> ExitCode {
         net: a.net,
         seccomp: a.seccomp,
         cap_add: a.cap_add,
-        read_only: if a.writable_root { Some(false) } else if a.read_only { Some(true) } else { None },
+        read_only: if a.writable_root {
+            Some(false)
+        } else if a.read_only {
+            Some(true)
+        } else {
+            None
+        },
         timeout: a.timeout,
         require_limits: a.require_limits,
         strict: a.strict,
@@ -272,7 +288,12 @@ fn run(a: RunArgs, root: &std::path::Path) -> ExitCode {
 }
 
 /// Launches a supervised sandbox, waits for it, writes the outcome; returns the contract's exit status.
-fn finish_run(spec: &oci_spec::runtime::Spec, opts: &profile::LaunchOptions, json: Option<&str>, timeout: Option<&str>) -> ExitCode {
+fn finish_run(
+    spec: &oci_spec::runtime::Spec,
+    opts: &profile::LaunchOptions,
+    json: Option<&str>,
+    timeout: Option<&str>,
+) -> ExitCode {
     // Open the outcome file before anything starts, so a bad path changes nothing.
     let mut json_out: Option<Box<dyn Write>> = match json {
         None => None,
@@ -282,15 +303,19 @@ fn finish_run(spec: &oci_spec::runtime::Spec, opts: &profile::LaunchOptions, jso
             Err(e) => return fail(format!("--json {p}: {e}")),
         },
     };
-    let outcome = match sandbox::launch(spec, opts, sandbox::Mode::Supervised).and_then(|s| s.wait()) {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
+    let outcome =
+        match sandbox::launch(spec, opts, sandbox::Mode::Supervised).and_then(|s| s.wait()) {
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
     if let Some(msg) = &outcome.error {
         eprintln!("jobcell: {msg}");
     }
     if outcome.timed_out {
-        eprintln!("jobcell: timed out after {}", timeout.unwrap_or("the profile's timeout"));
+        eprintln!(
+            "jobcell: timed out after {}",
+            timeout.unwrap_or("the profile's timeout")
+        );
     }
     if let Some(out) = json_out.as_mut() {
         let _ = serde_json::to_writer(&mut *out, &outcome);
@@ -313,17 +338,29 @@ fn check() -> ExitCode {
     match jobcell::cgroup::find_base() {
         Ok(b) => {
             let ctl = std::fs::read_to_string(b.join("cgroup.controllers")).unwrap_or_default();
-            println!("cgroup limits: enforced (delegated {} with controllers: {})", b.display(), ctl.trim());
+            println!(
+                "cgroup limits: enforced (delegated {} with controllers: {})",
+                b.display(),
+                ctl.trim()
+            );
         }
         Err(r) => {
             println!("cgroup limits: not enforced, rlimits only ({r})");
             println!("  fix: boot with systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all, and delegate a cgroup to this user (systemd Delegate=yes, or chown a directory and set JOBCELL_CGROUP_PARENT)");
         }
     }
-    let seccomp_ok = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.contains("Seccomp:"));
+    let seccomp_ok =
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.contains("Seccomp:"));
     println!("seccomp: {}", yes_no(seccomp_ok));
-    let have = |n: &str| ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(n).exists());
-    println!("newuidmap/newgidmap: {}", yes_no(have("newuidmap") && have("newgidmap")));
+    let have = |n: &str| {
+        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(n).exists())
+    };
+    println!(
+        "newuidmap/newgidmap: {}",
+        yes_no(have("newuidmap") && have("newgidmap"))
+    );
     println!("pasta (egress): {}", yes_no(have("pasta")));
     ExitCode::SUCCESS
 }
@@ -340,7 +377,11 @@ fn oci_fail(e: impl std::fmt::Display) -> ExitCode {
         } else {
             format!("level=error msg={msg:?}")
         };
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -363,7 +404,15 @@ fn main() -> ExitCode {
         Err(e) => oci_fail(e),
     };
     match cli.cmd {
-        Cmd::Run(a) => run(a, &root),
+        Cmd::Serve(a) => match jobcell::api::serve_main(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jobcell serve: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Ctl(a) => ExitCode::from(jobcell::ctl::main(a).clamp(0, 255) as u8),
+        Cmd::Run(a) => run(*a, &root),
         Cmd::Check => check(),
         Cmd::Create(a) => {
             let _ = (a.no_pivot, a.no_new_keyring);
@@ -375,15 +424,28 @@ fn main() -> ExitCode {
             done(oci::create(&root, &a.id, &o))
         }
         Cmd::Start { id } => done(oci::start(&root, &id)),
-        Cmd::State { id } => done(oci::state(&root, &id).map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()))),
-        Cmd::Kill { id, signal, all } => done(oci::kill(&root, &id, signal.as_deref().unwrap_or("TERM"), all)),
+        Cmd::State { id } => done(
+            oci::state(&root, &id)
+                .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
+        ),
+        Cmd::Kill { id, signal, all } => done(oci::kill(
+            &root,
+            &id,
+            signal.as_deref().unwrap_or("TERM"),
+            all,
+        )),
         Cmd::Delete { id, force } => done(oci::delete(&root, &id, force)),
         Cmd::Spec { bundle, rootless } => done(oci::spec(&bundle, rootless)),
         Cmd::Features => {
-            println!("{}", serde_json::to_string_pretty(&oci::features()).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&oci::features()).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
-        Cmd::Ps { id, format } => done(oci::ps(&root, &id, format == "json").map(|s| print!("{s}"))),
+        Cmd::Ps { id, format } => {
+            done(oci::ps(&root, &id, format == "json").map(|s| print!("{s}")))
+        }
         Cmd::Exec(a) => {
             let user = match a.user.as_deref().map(parse_ids).transpose() {
                 Ok(u) => u,

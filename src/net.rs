@@ -4,7 +4,9 @@
 //! with `netlink-packet-route` and sent over a blocking `netlink-sys` socket: one RTM_NEWLINK and its ACK,
 //! no async runtime on the sandbox start path.
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+};
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -32,17 +34,24 @@ pub fn loopback_up() -> Result<(), NetError> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_ACK;
     header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)));
+    let mut msg = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)),
+    );
     msg.finalize();
     let mut buf = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut buf);
 
     let mut sock = Socket::new(NETLINK_ROUTE).map_err(NetError::Socket)?;
     sock.bind_auto().map_err(NetError::Socket)?;
-    sock.send_to(&buf, &SocketAddr::new(0, 0), 0).map_err(NetError::Socket)?;
+    sock.send_to(&buf, &SocketAddr::new(0, 0), 0)
+        .map_err(NetError::Socket)?;
     let mut reply = vec![0u8; 4096];
-    let n = sock.recv(&mut &mut reply[..], 0).map_err(NetError::Socket)?;
-    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n]).map_err(|_| NetError::Unexpected)?;
+    let n = sock
+        .recv(&mut &mut reply[..], 0)
+        .map_err(NetError::Socket)?;
+    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+        .map_err(|_| NetError::Unexpected)?;
     match parsed.payload {
         NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
         NetlinkPayload::Error(e) => Err(NetError::Refused(e.to_io())),

@@ -23,7 +23,9 @@ pub const ANNOTATION_ROOT: &str = "run.jobcell.root";
 /// Value of [`ANNOTATION_ROOT`] for the host-system view.
 pub const ROOT_HOST_SYSTEM: &str = "host-system";
 /// Host directories that make up the default root filesystem (bound read-only, or recreated as symlinks).
-pub const HOST_SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+pub const HOST_SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
 /// Default PATH inside a sandbox.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -38,7 +40,10 @@ pub enum ProfileError {
     #[error("profile {0:?} not found: use a name from profiles/ (default, strict) or a path to a .toml file")]
     NotFound(String),
     #[error("cannot read profile {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid profile {path}: {message}")]
     Parse { path: String, message: String },
     #[error("{field}: {source}")]
@@ -127,7 +132,9 @@ pub fn config_dirs(kind: &str) -> Vec<PathBuf> {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Loads a profile by name (config dirs, then built-in) or by file path, layered over the built-in default.
@@ -287,20 +294,51 @@ fn mount(dst: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount, Profil
 }
 
 /// The mounts every jobcell sandbox gets: fresh /proc, minimal /dev, size-limited /tmp and workdir.
-fn base_mounts(tmpfs_bytes: u64, uid: u32, gid: u32, workdir: &str) -> Result<Vec<Mount>, ProfileError> {
+fn base_mounts(
+    tmpfs_bytes: u64,
+    uid: u32,
+    gid: u32,
+    workdir: &str,
+) -> Result<Vec<Mount>, ProfileError> {
     let size = format!("size={tmpfs_bytes}");
     let mut m = vec![
         mount("/proc", "proc", "proc", &["nosuid", "nodev", "noexec"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "noexec", "mode=755", "size=64k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "noexec", "mode=755", "size=64k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=620"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=620",
+            ],
         )?,
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "nodev", "mode=1777", &size])?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "nodev", "noexec"])?,
-        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", &size])?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "nodev", "mode=1777", &size],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "nodev", "noexec"],
+        )?,
+        mount(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777", &size],
+        )?,
     ];
     if workdir != "/tmp" {
         let owner = [format!("uid={uid}"), format!("gid={gid}")];
@@ -330,7 +368,13 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 /// Paths under /proc made read-only.
-pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Compiles a request (profile + flags) into the sandbox spec and launch options.
 pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
@@ -346,7 +390,12 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
             message: "no command given: use `jobcell run [OPTIONS] -- COMMAND [ARGS...]`".into(),
         });
     }
-    let (uid, gid) = parse_user(req.user.as_deref().or(p.user.as_deref()).unwrap_or("1000:1000"))?;
+    let (uid, gid) = parse_user(
+        req.user
+            .as_deref()
+            .or(p.user.as_deref())
+            .unwrap_or("1000:1000"),
+    )?;
     let cpus = match &req.cpus {
         Some(s) => unit("--cpus", units::parse_cpus(s))?,
         None => {
@@ -356,7 +405,12 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
     };
     let memory = unit(
         "--memory",
-        units::parse_size(req.memory.as_deref().or(p.memory.as_deref()).ok_or_else(|| missing("memory"))?),
+        units::parse_size(
+            req.memory
+                .as_deref()
+                .or(p.memory.as_deref())
+                .ok_or_else(|| missing("memory"))?,
+        ),
     )?;
     if memory < (4 << 20) {
         return Err(ProfileError::Invalid {
@@ -379,7 +433,12 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
     }
     let tmpfs = unit(
         "--tmpfs-size",
-        units::parse_size(req.tmpfs_size.as_deref().or(p.tmpfs_size.as_deref()).ok_or_else(|| missing("tmpfs_size"))?),
+        units::parse_size(
+            req.tmpfs_size
+                .as_deref()
+                .or(p.tmpfs_size.as_deref())
+                .ok_or_else(|| missing("tmpfs_size"))?,
+        ),
     )?;
     if tmpfs < 4096 {
         return Err(ProfileError::Invalid {
@@ -387,13 +446,21 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
             message: "must be at least 4k".into(),
         });
     }
-    let fsize = unit("max_file_size", units::parse_size(p.max_file_size.as_deref().unwrap_or("1G")))?;
+    let fsize = unit(
+        "max_file_size",
+        units::parse_size(p.max_file_size.as_deref().unwrap_or("1G")),
+    )?;
     let nofile = p.nofile.unwrap_or(1024);
     let timeout = match req.timeout.as_deref().or(p.timeout.as_deref()) {
         Some(t) => Some(unit("--timeout", units::parse_duration(t))?),
         None => None,
     };
-    let network = match req.net.as_deref().or(p.network.as_deref()).unwrap_or("none") {
+    let network = match req
+        .net
+        .as_deref()
+        .or(p.network.as_deref())
+        .unwrap_or("none")
+    {
         "none" => NetMode::None,
         "egress" => NetMode::Egress,
         other => {
@@ -403,11 +470,22 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
             })
         }
     };
-    let hostname = req.hostname.clone().or(p.hostname.clone()).unwrap_or_else(|| "jobcell".into());
-    if hostname.is_empty() || hostname.len() > 64 || !hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+    let hostname = req
+        .hostname
+        .clone()
+        .or(p.hostname.clone())
+        .unwrap_or_else(|| "jobcell".into());
+    if hostname.is_empty()
+        || hostname.len() > 64
+        || !hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
         return Err(ProfileError::Invalid {
             field: "--hostname".into(),
-            message: format!("{hostname:?} is not a valid host name (letters, digits, '-', '.', at most 64)"),
+            message: format!(
+                "{hostname:?} is not a valid host name (letters, digits, '-', '.', at most 64)"
+            ),
         });
     }
     let workdir = req.workdir.clone().unwrap_or_else(|| "/workspace".into());
@@ -463,15 +541,23 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
     let mut caps: HashSet<Capability> = HashSet::new();
     for c in &req.cap_add {
         let name = c.to_ascii_uppercase();
-        let cap = Capability::from_str(name.strip_prefix("CAP_").unwrap_or(&name)).map_err(|_| ProfileError::Invalid {
-            field: format!("--cap-add {c}"),
-            message: "unknown capability: use a name like NET_BIND_SERVICE or CAP_CHOWN".into(),
-        })?;
+        let cap =
+            Capability::from_str(name.strip_prefix("CAP_").unwrap_or(&name)).map_err(|_| {
+                ProfileError::Invalid {
+                    field: format!("--cap-add {c}"),
+                    message: "unknown capability: use a name like NET_BIND_SERVICE or CAP_CHOWN"
+                        .into(),
+                }
+            })?;
         caps.insert(cap);
     }
 
     // Seccomp: resolved and parsed now (bad files fail here); compiled once by the launcher.
-    let sc_name = req.seccomp.clone().or(p.seccomp.clone()).unwrap_or_else(|| "default".into());
+    let sc_name = req
+        .seccomp
+        .clone()
+        .or(p.seccomp.clone())
+        .unwrap_or_else(|| "default".into());
     let sc = seccomp::resolve(&sc_name, &config_dirs("seccomp"))?;
 
     let mut mounts = base_mounts(tmpfs, uid, gid, &workdir)?;
@@ -487,13 +573,28 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
         let src = b.src.to_string_lossy().into_owned();
         let dst = b.dst.to_string_lossy().into_owned();
         let rw = if b.rw { "rw" } else { "ro" };
-        mounts.push(mount(&dst, "bind", &src, &["rbind", rw, "nosuid", "nodev"])?);
+        mounts.push(mount(
+            &dst,
+            "bind",
+            &src,
+            &["rbind", rw, "nosuid", "nodev"],
+        )?);
     }
 
-    let rlimit = |typ, v: u64| PosixRlimitBuilder::default().typ(typ).soft(v).hard(v).build();
+    let rlimit = |typ, v: u64| {
+        PosixRlimitBuilder::default()
+            .typ(typ)
+            .soft(v)
+            .hard(v)
+            .build()
+    };
     let process = ProcessBuilder::default()
         .args(req.args.clone())
-        .env(env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())
+        .env(
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )
         .cwd(workdir.clone())
         .user(UserBuilder::default().uid(uid).gid(gid).build()?)
         .no_new_privileges(true)
@@ -535,12 +636,27 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
                         .period(period)
                         .build()?,
                 )
-                .memory(LinuxMemoryBuilder::default().limit(memory as i64).swap(memory as i64).build()?)
+                .memory(
+                    LinuxMemoryBuilder::default()
+                        .limit(memory as i64)
+                        .swap(memory as i64)
+                        .build()?,
+                )
                 .pids(LinuxPidsBuilder::default().limit(pids).build()?)
                 .build()?,
         )
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        );
     let linux = match sc {
         Some(s) => linux.seccomp(s),
         None => linux,
@@ -557,7 +673,12 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
     };
     let mut spec = Spec::default();
     spec.set_hostname(Some(hostname))
-        .set_root(Some(RootBuilder::default().path(root_path).readonly(read_only).build()?))
+        .set_root(Some(
+            RootBuilder::default()
+                .path(root_path)
+                .readonly(read_only)
+                .build()?,
+        ))
         .set_process(Some(process))
         .set_mounts(Some(mounts))
         .set_linux(Some(linux))
@@ -601,13 +722,30 @@ mod tests {
         assert_eq!(proc_.user().uid(), 1000);
         assert_eq!(proc_.user().gid(), 1000);
         assert_eq!(proc_.cwd(), Path::new("/workspace"));
-        assert!(proc_.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().is_empty());
+        assert!(proc_
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .is_empty());
         let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
         assert_eq!(res.memory().as_ref().unwrap().limit(), Some(512 << 20));
         assert_eq!(res.pids().as_ref().unwrap().limit(), 100);
-        let tmp = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/tmp")).unwrap();
-        assert!(tmp.options().as_ref().unwrap().contains(&format!("size={}", 100 << 20)));
+        let tmp = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/tmp"))
+            .unwrap();
+        assert!(tmp
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&format!("size={}", 100 << 20)));
         assert!(spec.root().as_ref().unwrap().readonly().unwrap());
         assert!(spec.linux().as_ref().unwrap().seccomp().is_some());
     }
@@ -630,12 +768,20 @@ mod tests {
         let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(150_000));
         assert_eq!(res.pids().as_ref().unwrap().limit(), 32);
-        assert!(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().contains(&Capability::NetBindService));
+        assert!(p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::NetBindService));
     }
 
     #[test]
     fn bad_input_names_the_field() {
-        let cases: &[(&dyn Fn(&mut RunRequest), &str)] = &[
+        type Mutate = dyn Fn(&mut RunRequest);
+        let cases: &[(&Mutate, &str)] = &[
             (&|r| r.memory = Some("lots".into()), "--memory"),
             (&|r| r.memory = Some("1M".into()), "--memory"),
             (&|r| r.cpus = Some("0".into()), "--cpus"),
@@ -644,13 +790,22 @@ mod tests {
             (&|r| r.timeout = Some("soon".into()), "--timeout"),
             (&|r| r.net = Some("host".into()), "--net"),
             (&|r| r.user = Some("root".into()), "user"),
-            (&|r| r.binds = vec!["/definitely/not/here:/x".into()], "--bind"),
+            (
+                &|r| r.binds = vec!["/definitely/not/here:/x".into()],
+                "--bind",
+            ),
             (&|r| r.binds = vec!["relative:/x".into()], "--bind"),
             (&|r| r.env = vec!["NOEQUALS".into()], "--env"),
             (&|r| r.cap_add = vec!["FLY".into()], "--cap-add"),
-            (&|r| r.rootfs = Some("/definitely/not/here".into()), "--rootfs"),
+            (
+                &|r| r.rootfs = Some("/definitely/not/here".into()),
+                "--rootfs",
+            ),
             (&|r| r.workdir = Some("rel".into()), "--workdir"),
-            (&|r| r.profile = Some("nosuchprofile".into()), "nosuchprofile"),
+            (
+                &|r| r.profile = Some("nosuchprofile".into()),
+                "nosuchprofile",
+            ),
         ];
         for (mutate, field) in cases {
             let mut r = req(&["/bin/true"]);

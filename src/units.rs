@@ -8,7 +8,9 @@ use std::time::Duration;
 /// A quantity that did not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnitError {
-    #[error("invalid size {0:?}: use a whole number with an optional K, M, G or T suffix, e.g. 512M")]
+    #[error(
+        "invalid size {0:?}: use a whole number with an optional K, M, G or T suffix, e.g. 512M"
+    )]
     Size(String),
     #[error("invalid duration {0:?}: use a number with a unit ms, s, m or h, e.g. 30s or 5m")]
     Duration(String),
@@ -67,7 +69,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
 
 /// Parses a CPU count (`0.5`, `2`); must be > 0 and at most 1024.
 pub fn parse_cpus(s: &str) -> Result<f64, UnitError> {
-    let v: f64 = s.trim().parse().map_err(|_| UnitError::Cpus(s.to_string()))?;
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| UnitError::Cpus(s.to_string()))?;
     if !v.is_finite() || v <= 0.0 || v > 1024.0 {
         return Err(UnitError::Cpus(s.to_string()));
     }

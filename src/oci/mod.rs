@@ -27,7 +27,10 @@ pub enum OciError {
     #[error("{0}")]
     Invalid(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OciError {
@@ -49,20 +52,34 @@ pub fn load_bundle(bundle: &Path) -> Result<(Spec, PathBuf), OciError> {
         .canonicalize()
         .map_err(|e| OciError::Invalid(format!("bundle {}: {e}", bundle.display())))?;
     let cfg = bundle.join("config.json");
-    let mut spec = Spec::load(&cfg).map_err(|e| OciError::Invalid(format!("{}: {e}", cfg.display())))?;
-    let root = spec
-        .root()
-        .clone()
-        .ok_or_else(|| OciError::Invalid(format!("{}: root: missing; set root.path to the rootfs directory", cfg.display())))?;
-    let path = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
+    let mut spec =
+        Spec::load(&cfg).map_err(|e| OciError::Invalid(format!("{}: {e}", cfg.display())))?;
+    let root = spec.root().clone().ok_or_else(|| {
+        OciError::Invalid(format!(
+            "{}: root: missing; set root.path to the rootfs directory",
+            cfg.display()
+        ))
+    })?;
+    let path = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
     if !path.is_dir() {
-        return Err(OciError::Invalid(format!("{}: root.path {} is not a directory", cfg.display(), path.display())));
+        return Err(OciError::Invalid(format!(
+            "{}: root.path {} is not a directory",
+            cfg.display(),
+            path.display()
+        )));
     }
     let mut root = root;
     root.set_path(path);
     spec.set_root(Some(root));
     if spec.process().is_none() {
-        return Err(OciError::Invalid(format!("{}: process: missing", cfg.display())));
+        return Err(OciError::Invalid(format!(
+            "{}: process: missing",
+            cfg.display()
+        )));
     }
     Ok((spec, bundle))
 }
@@ -70,7 +87,12 @@ pub fn load_bundle(bundle: &Path) -> Result<(Spec, PathBuf), OciError> {
 /// Launch options for a bundle (the spec says everything; jobcell adds nothing).
 pub fn bundle_launch_options(spec: &Spec) -> LaunchOptions {
     LaunchOptions {
-        root: RootSource::Dir(spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default()),
+        root: RootSource::Dir(
+            spec.root()
+                .as_ref()
+                .map(|r| r.path().clone())
+                .unwrap_or_default(),
+        ),
         network: NetMode::None,
         timeout: None,
         require_limits: false,
@@ -79,7 +101,9 @@ pub fn bundle_launch_options(spec: &Spec) -> LaunchOptions {
 }
 
 fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     // Civil-from-days (Howard Hinnant), UTC.
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
@@ -135,19 +159,40 @@ pub fn create(root: &Path, id: &str, o: &CreateOpts) -> Result<(), OciError> {
     }
 }
 
-fn create_in(c: &Container, spec: &Spec, bundle: &Path, o: &CreateOpts) -> Result<sandbox::Sandbox, OciError> {
+fn create_in(
+    c: &Container,
+    spec: &Spec,
+    bundle: &Path,
+    o: &CreateOpts,
+) -> Result<sandbox::Sandbox, OciError> {
     c.save_spec(spec)?;
-    nix::unistd::mkfifo(&c.fifo_path(), nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| io("creating exec.fifo")(e.into()))?;
-    let fifo = nix::fcntl::open(&c.fifo_path(), nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| io("opening exec.fifo")(e.into()))?;
-    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    nix::unistd::mkfifo(
+        &c.fifo_path(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| io("creating exec.fifo")(e.into()))?;
+    let fifo = nix::fcntl::open(
+        &c.fifo_path(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| io("opening exec.fifo")(e.into()))?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
     let console = match (&o.console_socket, terminal) {
         (Some(p), true) => {
-            let s = std::os::unix::net::UnixStream::connect(p).map_err(io(format!("--console-socket {}", p.display())))?;
+            let s = std::os::unix::net::UnixStream::connect(p)
+                .map_err(io(format!("--console-socket {}", p.display())))?;
             Some(OwnedFd::from(s))
         }
-        (None, true) => return Err(OciError::Invalid("process.terminal is true: pass --console-socket".into())),
+        (None, true) => {
+            return Err(OciError::Invalid(
+                "process.terminal is true: pass --console-socket".into(),
+            ))
+        }
         (_, false) => None,
     };
     let annotations = spec.annotations().clone().unwrap_or_default();
@@ -199,20 +244,33 @@ pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
     let mut r = c.load()?;
     match r.status() {
         ContainerState::Created => {}
-        s => return Err(OciError::Invalid(format!("container {id:?} is {s}, not created: only a created container can be started"))),
+        s => {
+            return Err(OciError::Invalid(format!(
+                "container {id:?} is {s}, not created: only a created container can be started"
+            )))
+        }
     }
-    let fifo = nix::fcntl::open(&c.fifo_path(), nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| io("opening exec.fifo")(e.into()))?;
+    let fifo = nix::fcntl::open(
+        &c.fifo_path(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| io("opening exec.fifo")(e.into()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fifo), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&fifo),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u8));
         let mut b = [0u8; 1];
         if let Ok(1) = nix::unistd::read(&fifo, &mut b) {
             break;
         }
         if !r.alive() || Instant::now() > deadline {
-            return Err(OciError::Invalid(format!("container {id:?} did not take the start signal (its process is gone)")));
+            return Err(OciError::Invalid(format!(
+                "container {id:?} did not take the start signal (its process is gone)"
+            )));
         }
     }
     let _ = std::fs::remove_file(c.fifo_path());
@@ -220,7 +278,11 @@ pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
     c.save(&r)?;
     let spec = c.load_spec()?;
     let st = serde_json::to_vec(&state_json(&r, ContainerState::Running)).unwrap_or_default();
-    if let Err(e) = sandbox::run_host_hooks(spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()), "poststart", &st) {
+    if let Err(e) = sandbox::run_host_hooks(
+        spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()),
+        "poststart",
+        &st,
+    ) {
         eprintln!("jobcell: warning: {e}");
     }
     Ok(())
@@ -236,12 +298,20 @@ pub fn state(root: &Path, id: &str) -> Result<serde_json::Value, OciError> {
 /// Parses `KILL`, `SIGKILL`, `kill` or `9`.
 pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, OciError> {
     use std::str::FromStr;
-    let bad = || OciError::Invalid(format!("unknown signal {s:?}: use a name like TERM or KILL, or a number"));
+    let bad = || {
+        OciError::Invalid(format!(
+            "unknown signal {s:?}: use a name like TERM or KILL, or a number"
+        ))
+    };
     if let Ok(n) = s.parse::<i32>() {
         return nix::sys::signal::Signal::try_from(n).map_err(|_| bad());
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())
 }
 
@@ -251,7 +321,9 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), OciErr
     let c = Container::open(root, id)?;
     let r = c.load()?;
     if r.status() == ContainerState::Stopped {
-        return Err(OciError::Invalid(format!("container {id:?} is not running")));
+        return Err(OciError::Invalid(format!(
+            "container {id:?} is not running"
+        )));
     }
     let pids = if all { container_pids(&r) } else { vec![r.pid] };
     for p in pids {
@@ -272,7 +344,12 @@ pub fn container_pids(r: &Record) -> Vec<i32> {
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok().as_ref() == Some(&ns))
+                .filter(|p| {
+                    std::fs::read_link(format!("/proc/{p}/ns/pid"))
+                        .ok()
+                        .as_ref()
+                        == Some(&ns)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -289,11 +366,16 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
     let r = c.load()?;
     let status = r.status();
     if status == ContainerState::Running && !force {
-        return Err(OciError::Invalid(format!("container {id:?} is running: stop it first or use --force")));
+        return Err(OciError::Invalid(format!(
+            "container {id:?} is running: stop it first or use --force"
+        )));
     }
     if status != ContainerState::Stopped {
         for p in container_pids(&r).into_iter().chain([r.pid]) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while r.alive() && Instant::now() < deadline {
@@ -307,7 +389,11 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
     let st = serde_json::to_vec(&state_json(&r, ContainerState::Stopped)).unwrap_or_default();
     c.destroy()?;
     if let Some(spec) = spec {
-        if let Err(e) = sandbox::run_host_hooks(spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()), "poststop", &st) {
+        if let Err(e) = sandbox::run_host_hooks(
+            spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()),
+            "poststop",
+            &st,
+        ) {
             eprintln!("jobcell: warning: {e}");
         }
     }
@@ -315,7 +401,13 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
 }
 
 /// `run`: create + start; in the foreground, waits and returns the container's exit status, then deletes it.
-pub fn run(root: &Path, id: &str, o: &CreateOpts, detach: bool, keep: bool) -> Result<i32, OciError> {
+pub fn run(
+    root: &Path,
+    id: &str,
+    o: &CreateOpts,
+    detach: bool,
+    keep: bool,
+) -> Result<i32, OciError> {
     let (spec, bundle) = load_bundle(&o.bundle)?;
     let c = Container::create(root, id)?;
     let sb = match create_in(&c, &spec, &bundle, o) {
@@ -346,7 +438,11 @@ pub fn run(root: &Path, id: &str, o: &CreateOpts, detach: bool, keep: bool) -> R
 pub fn ps(root: &Path, id: &str, json_out: bool) -> Result<String, OciError> {
     let c = Container::open(root, id)?;
     let r = c.load()?;
-    let pids = if r.status() == ContainerState::Stopped { Vec::new() } else { container_pids(&r) };
+    let pids = if r.status() == ContainerState::Stopped {
+        Vec::new()
+    } else {
+        container_pids(&r)
+    };
     if json_out {
         return Ok(serde_json::to_string(&pids).unwrap_or_default());
     }
@@ -361,7 +457,10 @@ pub fn ps(root: &Path, id: &str, json_out: bool) -> Result<String, OciError> {
 pub fn spec(bundle: &Path, rootless: bool) -> Result<(), OciError> {
     let path = bundle.join("config.json");
     if path.exists() {
-        return Err(OciError::Invalid(format!("{} already exists: remove it first", path.display())));
+        return Err(OciError::Invalid(format!(
+            "{} already exists: remove it first",
+            path.display()
+        )));
     }
     let mut s = Spec::default();
     if rootless {
@@ -372,12 +471,24 @@ pub fn spec(bundle: &Path, rootless: bool) -> Result<(), OciError> {
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| n.typ() != LinuxNamespaceType::Network && n.typ() != LinuxNamespaceType::User)
+            .filter(|n| {
+                n.typ() != LinuxNamespaceType::Network && n.typ() != LinuxNamespaceType::User
+            })
             .collect();
-        ns.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).build().map_err(|e| OciError::Invalid(e.to_string()))?);
+        ns.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()
+                .map_err(|e| OciError::Invalid(e.to_string()))?,
+        );
         linux.set_namespaces(Some(ns));
         let map = |host: u32| {
-            LinuxIdMappingBuilder::default().container_id(0u32).host_id(host).size(1u32).build().map_err(|e| OciError::Invalid(e.to_string()))
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(host)
+                .size(1u32)
+                .build()
+                .map_err(|e| OciError::Invalid(e.to_string()))
         };
         linux.set_uid_mappings(Some(vec![map(nix::unistd::geteuid().as_raw())?]));
         linux.set_gid_mappings(Some(vec![map(nix::unistd::getegid().as_raw())?]));
@@ -388,12 +499,20 @@ pub fn spec(bundle: &Path, rootless: bool) -> Result<(), OciError> {
                 .into_iter()
                 .map(|mut m| {
                     if let Some(o) = m.options().clone() {
-                        m.set_options(Some(o.into_iter().filter(|x| !x.starts_with("gid=")).collect()));
+                        m.set_options(Some(
+                            o.into_iter().filter(|x| !x.starts_with("gid=")).collect(),
+                        ));
                     }
                     if m.typ().as_deref() == Some("sysfs") {
                         m.set_typ(Some("none".into()));
                         m.set_source(Some("/sys".into()));
-                        m.set_options(Some(vec!["rbind".into(), "nosuid".into(), "noexec".into(), "nodev".into(), "ro".into()]));
+                        m.set_options(Some(vec![
+                            "rbind".into(),
+                            "nosuid".into(),
+                            "noexec".into(),
+                            "nodev".into(),
+                            "ro".into(),
+                        ]));
                     }
                     m
                 })
@@ -401,7 +520,8 @@ pub fn spec(bundle: &Path, rootless: bool) -> Result<(), OciError> {
             s.set_mounts(Some(fixed));
         }
     }
-    s.save(&path).map_err(|e| OciError::Invalid(format!("{}: {e}", path.display())))
+    s.save(&path)
+        .map_err(|e| OciError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// `features`: what this runtime supports, in the runtime-spec features format.
@@ -453,19 +573,28 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32, OciError> {
     let c = Container::open(root, id)?;
     let r = c.load()?;
     if r.status() != ContainerState::Running {
-        return Err(OciError::Invalid(format!("container {id:?} is not running")));
+        return Err(OciError::Invalid(format!(
+            "container {id:?} is not running"
+        )));
     }
     let spec = c.load_spec()?;
     drop(c);
     let mut process: Process = match &o.process_file {
         Some(f) => {
-            let text = std::fs::read_to_string(f).map_err(io(format!("--process {}", f.display())))?;
-            serde_json::from_str(&text).map_err(|e| OciError::Invalid(format!("--process {}: {e}", f.display())))?
+            let text =
+                std::fs::read_to_string(f).map_err(io(format!("--process {}", f.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| OciError::Invalid(format!("--process {}: {e}", f.display())))?
         }
         None => {
-            let mut p = spec.process().clone().ok_or_else(|| OciError::Invalid("container has no process".into()))?;
+            let mut p = spec
+                .process()
+                .clone()
+                .ok_or_else(|| OciError::Invalid("container has no process".into()))?;
             if o.args.is_empty() {
-                return Err(OciError::Invalid("exec needs a command or --process FILE".into()));
+                return Err(OciError::Invalid(
+                    "exec needs a command or --process FILE".into(),
+                ));
             }
             p.set_args(Some(o.args.clone()));
             p.set_terminal(Some(o.tty));
@@ -486,7 +615,8 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32, OciError> {
     }
     let console = match (&o.console_socket, process.terminal().unwrap_or(false)) {
         (Some(p), true) => Some(OwnedFd::from(
-            std::os::unix::net::UnixStream::connect(p).map_err(io(format!("--console-socket {}", p.display())))?,
+            std::os::unix::net::UnixStream::connect(p)
+                .map_err(io(format!("--console-socket {}", p.display())))?,
         )),
         (None, true) => return Err(OciError::Invalid("--tty needs --console-socket".into())),
         _ => None,

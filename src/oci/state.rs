@@ -23,7 +23,10 @@ pub enum StateError {
     #[error("container {0:?} already exists")]
     Exists(String),
     #[error("state directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state of container {id:?} is corrupt: {message}")]
     Corrupt { id: String, message: String },
 }
@@ -40,7 +43,9 @@ pub fn validate_id(id: &str) -> Result<(), StateError> {
     let ok = !id.is_empty()
         && id.len() <= 1024
         && !id.starts_with(['.', '-'])
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -109,11 +114,17 @@ impl Container {
     /// Creates and locks the directory of a new container; fails if the id is taken.
     pub fn create(root: &Path, id: &str) -> Result<Container, StateError> {
         validate_id(id)?;
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io(root))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io(root))?;
         let dir = root.join(id);
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(StateError::Exists(id.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StateError::Exists(id.into()))
+            }
             Err(e) => return Err(io(&dir)(e)),
         }
         let lock = lock_dir(&dir)?;
@@ -177,10 +188,11 @@ impl Container {
     }
 
     pub fn save_spec(&self, spec: &Spec) -> Result<(), StateError> {
-        spec.save(self.dir.join("config.json")).map_err(|e| StateError::Corrupt {
-            id: self.id.clone(),
-            message: e.to_string(),
-        })
+        spec.save(self.dir.join("config.json"))
+            .map_err(|e| StateError::Corrupt {
+                id: self.id.clone(),
+                message: e.to_string(),
+            })
     }
 
     pub fn load_spec(&self) -> Result<Spec, StateError> {
@@ -224,7 +236,12 @@ fn is_zombie(pid: i32) -> bool {
 /// Lists the ids under `root`.
 pub fn list(root: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(root)
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| validate_id(n).is_ok()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| validate_id(n).is_ok())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -248,8 +265,14 @@ mod tests {
     fn create_is_exclusive_and_open_needs_state() {
         let d = tempfile::tempdir().unwrap();
         let c = Container::create(d.path(), "c1").unwrap();
-        assert!(matches!(Container::create(d.path(), "c1"), Err(StateError::Exists(_))));
-        assert!(matches!(Container::open(d.path(), "nope"), Err(StateError::NotFound(_))));
+        assert!(matches!(
+            Container::create(d.path(), "c1"),
+            Err(StateError::Exists(_))
+        ));
+        assert!(matches!(
+            Container::open(d.path(), "nope"),
+            Err(StateError::NotFound(_))
+        ));
         let r = Record {
             oci_version: "1.0.2".into(),
             id: "c1".into(),

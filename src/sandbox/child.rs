@@ -85,12 +85,15 @@ pub struct ChildConfig {
     pub ids: Identity,
     pub caps: CapSets,
     pub no_new_privs: bool,
-    pub rlimits: Vec<(nix::sys::resource::Resource, u64)>,
+    /// (resource, soft, hard)
+    pub rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     pub seccomp: Option<CompiledFilter>,
     pub umask: u32,
     pub oom_score_adj: Option<i32>,
     /// Namespaces to join by path (setns) instead of creating.
     pub join: Vec<(nix::sched::CloneFlags, PathBuf)>,
+    /// OCI `exec`: a pidfd of the container's pid 1 and the namespaces to join through it.
+    pub join_pidfd: Option<(RawFd, nix::sched::CloneFlags)>,
     /// A new network namespace was created: bring `lo` up.
     pub new_netns: bool,
     /// Signals pid 1 forwards to the payload (blocked by the supervisor before clone).
@@ -102,7 +105,9 @@ pub struct ChildConfig {
 fn fail(status: RawFd, code: i32, msg: &str) -> ! {
     let line = format!("E {code} {}\n", msg.replace('\n', " "));
     // SAFETY: `status` is the write end of the status pipe, open for the life of this process.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(status) });
+    let mut f = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(status)
+    });
     let _ = f.write_all(line.as_bytes());
     // SAFETY: _exit ends the process without running destructors or atexit handlers of the forked image.
     unsafe { libc::_exit(code) }
@@ -144,7 +149,9 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
         nix::sched::setns(f, *ns).or_fail(st, &|| format!("joining namespace {}", path.display()));
     }
     let create_hooks: &[HookCmd] = match &cfg.mode {
-        ChildMode::Container { create_container, .. } => create_container,
+        ChildMode::Container {
+            create_container, ..
+        } => create_container,
         _ => &[],
     };
     setup_fs(&cfg.fs, create_hooks, state_json, st);
@@ -161,10 +168,12 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
         }
     }
     if let Some(adj) = cfg.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).or_fail(st, &|| "oom_score_adj".into());
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .or_fail(st, &|| "oom_score_adj".into());
     }
-    for (res, v) in &cfg.rlimits {
-        nix::sys::resource::setrlimit(*res, *v, *v).or_fail(st, &|| format!("setrlimit {res:?}"));
+    for (res, soft, hard) in &cfg.rlimits {
+        nix::sys::resource::setrlimit(*res, *soft, *hard)
+            .or_fail(st, &|| format!("setrlimit {res:?}"));
     }
 
     match &cfg.mode {
@@ -182,13 +191,17 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
             // Ready: `create` may return. Block until `start` opens the FIFO for reading.
             let _ = nix::unistd::write(&status, b"R\n");
             let fifo_path = format!("/proc/self/fd/{fifo}");
-            let f = std::fs::OpenOptions::new().write(true).open(&fifo_path).or_fail(st, &|| "opening exec.fifo".into());
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo_path)
+                .or_fail(st, &|| "opening exec.fifo".into());
             let _ = std::io::Write::write_all(&mut &f, b"0");
             drop(f);
             // SAFETY: closing our own O_PATH descriptor, not used afterwards.
             unsafe { libc::close(*fifo) };
             for h in start_container {
-                run_hook(h, state_json, None).or_fail(st, &|| format!("startContainer hook {}", h.path.display()));
+                run_hook(h, state_json, None)
+                    .or_fail(st, &|| format!("startContainer hook {}", h.path.display()));
             }
             finalize_and_exec(cfg, st, Some(prog))
         }
@@ -198,9 +211,19 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
 /// OCI `exec`: the cloned process is already in the container's namespaces and cgroup.
 pub fn exec_main(cfg: &ChildConfig, status: OwnedFd) -> ! {
     let st = status.as_raw_fd();
+    if let Some((pidfd, ns)) = cfg.join_pidfd {
+        if !ns.is_empty() {
+            // SAFETY: the pidfd stays open in this process for the duration of the call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(pidfd) };
+            nix::sched::setns(fd, ns).or_fail(st, &|| "joining the container's namespaces".into());
+        }
+        chdir("/").or_fail(st, &|| "chdir /".into());
+    }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     match &cfg.mode {
-        ChildMode::Exec { console: Some(sock) } => attach_console(*sock).or_fail(st, &|| "setting up the console".into()),
+        ChildMode::Exec {
+            console: Some(sock),
+        } => attach_console(*sock).or_fail(st, &|| "setting up the console".into()),
         _ => {
             nix::unistd::setsid().or_fail(st, &|| "setsid".into());
         }
@@ -253,7 +276,9 @@ fn reap(payload: Pid, sfd: &SignalFd, status: RawFd) -> ! {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == payload => finish(status, code, 0),
-                Ok(WaitStatus::Signaled(pid, s, _)) if pid == payload => finish(status, 128 + s as i32, s as i32),
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == payload => {
+                    finish(status, 128 + s as i32, s as i32)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -274,14 +299,27 @@ fn finish(status: RawFd, code: i32, sig: i32) -> ! {
 /// The container process's last steps: identity, capabilities, no_new_privs, seccomp (last), exec.
 fn finalize_and_exec(cfg: &ChildConfig, st: RawFd, prog: Option<CString>) -> ! {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    for s in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGPIPE,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(cfg.umask));
     chdir(&cfg.cwd).or_fail(st, &|| format!("working directory {}", cfg.cwd.display()));
     // SAFETY: close_range only changes descriptor flags; every fd above 2 becomes close-on-exec.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
 
     set_identity_and_caps(&cfg.ids, &cfg.caps).or_fail(st, &|| "dropping privileges".into());
     if cfg.no_new_privs {
@@ -296,7 +334,11 @@ fn finalize_and_exec(cfg: &ChildConfig, st: RawFd, prog: Option<CString>) -> ! {
     match prog {
         Some(p) => {
             let Err(e) = nix::unistd::execve(&p, &cfg.args, &cfg.env);
-            fail(st, if e == Errno::ENOENT { 127 } else { 126 }, &format!("exec {}: {e}", p.to_string_lossy()))
+            fail(
+                st,
+                if e == Errno::ENOENT { 127 } else { 126 },
+                &format!("exec {}: {e}", p.to_string_lossy()),
+            )
         }
         None => exec(cfg, st),
     }
@@ -316,10 +358,17 @@ fn set_identity_and_caps(ids: &Identity, sets: &CapSets) -> Result<(), Errno> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     if ids.setgroups_allowed {
-        let g: Vec<nix::unistd::Gid> = ids.additional_gids.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        let g: Vec<nix::unistd::Gid> = ids
+            .additional_gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
         nix::unistd::setgroups(&g)?;
     }
-    let (gid, uid) = (nix::unistd::Gid::from_raw(ids.gid), nix::unistd::Uid::from_raw(ids.uid));
+    let (gid, uid) = (
+        nix::unistd::Gid::from_raw(ids.gid),
+        nix::unistd::Uid::from_raw(ids.uid),
+    );
     nix::unistd::setresgid(gid, gid, gid)?;
     nix::unistd::setresuid(uid, uid, uid)?;
     // SAFETY: prctl with integer arguments only.
@@ -363,7 +412,9 @@ fn exec(cfg: &ChildConfig, st: RawFd) -> ! {
     let shown = String::from_utf8_lossy(name);
     match saw_eacces {
         Some(e) => fail(st, 126, &format!("{shown}: not executable: {e}")),
-        None if last == Errno::ENOENT || last == Errno::ENOTDIR => fail(st, 127, &format!("{shown}: command not found")),
+        None if last == Errno::ENOENT || last == Errno::ENOTDIR => {
+            fail(st, 127, &format!("{shown}: command not found"))
+        }
         None => fail(st, 126, &format!("{shown}: cannot execute: {last}")),
     }
 }
@@ -458,7 +509,12 @@ fn make_mountpoint(dst: &Path, dir: bool) -> std::io::Result<()> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    match std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(dst) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dst)
+    {
         Ok(_) => Ok(()),
         Err(e) if dst.exists() => {
             let _ = e;
@@ -470,23 +526,48 @@ fn make_mountpoint(dst: &Path, dir: bool) -> std::io::Result<()> {
 
 fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd) {
     let none = None::<&str>;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).or_fail(st, &|| "making / private".into());
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .or_fail(st, &|| "making / private".into());
     // The root directory may live under BASE: hold it open before the staging tmpfs hides it.
     let root_fd = fs.root_dir.as_ref().map(|dir| {
-        nix::fcntl::open(dir.as_path(), nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .or_fail(st, &|| format!("root filesystem {}", dir.display()))
+        nix::fcntl::open(
+            dir.as_path(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .or_fail(st, &|| format!("root filesystem {}", dir.display()))
     });
-    mount(Some("tmpfs"), BASE, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=64k"))
-        .or_fail(st, &|| format!("mounting the staging tmpfs on {BASE}"));
+    mount(
+        Some("tmpfs"),
+        BASE,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=64k"),
+    )
+    .or_fail(st, &|| format!("mounting the staging tmpfs on {BASE}"));
     chdir(BASE).or_fail(st, &|| BASE.into());
     for d in ["newroot", "oldroot"] {
         std::fs::create_dir(d).or_fail(st, &|| format!("mkdir {d}"));
     }
     match &root_fd {
-        None => mount(Some("tmpfs"), "newroot", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=4m"))
-            .or_fail(st, &|| "mounting the root tmpfs".into()),
-        Some(fd) => mount(Some(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str()), "newroot", none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-            .or_fail(st, &|| "binding the root filesystem".into()),
+        None => mount(
+            Some("tmpfs"),
+            "newroot",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=4m"),
+        )
+        .or_fail(st, &|| "mounting the root tmpfs".into()),
+        Some(fd) => mount(
+            Some(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str()),
+            "newroot",
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .or_fail(st, &|| "binding the root filesystem".into()),
     }
     drop(root_fd);
     // The host's root moves to /oldroot; sources of binds are read from there.
@@ -498,7 +579,8 @@ fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd)
     }
     // OCI createContainer hooks: container namespaces, mounts in place, paths resolved in the host's view.
     for h in create_hooks {
-        run_hook(h, state_json, Some(OLDROOT)).or_fail(st, &|| format!("createContainer hook {}", h.path.display()));
+        run_hook(h, state_json, Some(OLDROOT))
+            .or_fail(st, &|| format!("createContainer hook {}", h.path.display()));
     }
     if fs.root_readonly {
         let ro = Flags {
@@ -507,7 +589,8 @@ fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd)
             nodev: fs.root_dir.is_none(),
             noexec: false,
         };
-        restrict_mount(Path::new(NEWROOT), ro, false).or_fail(st, &|| "making the root read-only".into());
+        restrict_mount(Path::new(NEWROOT), ro, false)
+            .or_fail(st, &|| "making the root read-only".into());
     }
     umount2(OLDROOT, MntFlags::MNT_DETACH).or_fail(st, &|| "detaching the host root".into());
     chdir(NEWROOT).or_fail(st, &|| NEWROOT.into());
@@ -515,14 +598,16 @@ fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd)
     umount2(".", MntFlags::MNT_DETACH).or_fail(st, &|| "detaching the staging area".into());
     chdir("/").or_fail(st, &|| "chdir /".into());
     if let Some(p) = fs.root_propagation {
-        mount(none, "/", none, p | MsFlags::MS_REC, none).or_fail(st, &|| "setting root propagation".into());
+        mount(none, "/", none, p | MsFlags::MS_REC, none)
+            .or_fail(st, &|| "setting root propagation".into());
     }
 }
 
 /// Runs one hook with the OCI state on its stdin, chrooted to `root` when given; fails on a non-zero exit
 /// or when its timeout passes (the hook is killed).
 pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<(), String> {
-    let path = CString::new(h.path.as_os_str().as_encoded_bytes()).map_err(|_| "path contains NUL".to_string())?;
+    let path = CString::new(h.path.as_os_str().as_encoded_bytes())
+        .map_err(|_| "path contains NUL".to_string())?;
     let mut argv = cstrings(&h.args, "hook args")?;
     if argv.is_empty() {
         argv.push(path.clone());
@@ -547,7 +632,9 @@ pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<()
         ForkResult::Parent { child } => {
             drop(r);
             let _ = std::io::Write::write_all(&mut std::fs::File::from(w), state_json);
-            let deadline = h.timeout.map(|t| std::time::Instant::now() + std::time::Duration::from_secs(t as u64));
+            let deadline = h
+                .timeout
+                .map(|t| std::time::Instant::now() + std::time::Duration::from_secs(t as u64));
             loop {
                 match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
@@ -572,14 +659,26 @@ pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<()
 fn attach_console(sock: RawFd) -> Result<(), Errno> {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-    let master = posix_openpt(nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC)?;
+    let master = posix_openpt(
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+    )?;
     grantpt(&master)?;
     unlockpt(&master)?;
     let name = ptsname_r(&master)?;
-    let slave = nix::fcntl::open(name.as_str(), nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )?;
     let fds = [master.as_raw_fd()];
     let iov = [std::io::IoSlice::new(name.as_bytes())];
-    sendmsg::<UnixAddr>(sock, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)?;
+    sendmsg::<UnixAddr>(
+        sock,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
     drop(master);
     // SAFETY: closing the socket descriptor we were handed; not used afterwards.
     unsafe { libc::close(sock) };
@@ -599,12 +698,18 @@ fn attach_console(sock: RawFd) -> Result<(), Errno> {
 
 /// Finds the program to exec (PATH search) before the container is reported created.
 fn resolve_program(cfg: &ChildConfig) -> Result<CString, (i32, String)> {
-    let prog = cfg.args.first().ok_or((125, "process.args is empty".to_string()))?;
+    let prog = cfg
+        .args
+        .first()
+        .ok_or((125, "process.args is empty".to_string()))?;
     let name = String::from_utf8_lossy(prog.to_bytes()).into_owned();
     let candidates: Vec<String> = if name.contains('/') {
         vec![name.clone()]
     } else {
-        cfg.path_dirs.iter().map(|d| format!("{d}/{name}")).collect()
+        cfg.path_dirs
+            .iter()
+            .map(|d| format!("{d}/{name}"))
+            .collect()
     };
     let mut found_not_exec = false;
     for c in candidates {
@@ -627,24 +732,50 @@ fn resolve_program(cfg: &ChildConfig) -> Result<CString, (i32, String)> {
 fn apply(op: &Op, st: RawFd) {
     let none = None::<&str>;
     match op {
-        Op::Mount { fstype, source, dst, flags, data } => {
+        Op::Mount {
+            fstype,
+            source,
+            dst,
+            flags,
+            data,
+        } => {
             let full = in_root(NEWROOT, dst);
-            std::fs::create_dir_all(&full).or_fail(st, &|| format!("creating mountpoint {}", dst.display()));
+            std::fs::create_dir_all(&full)
+                .or_fail(st, &|| format!("creating mountpoint {}", dst.display()));
             let data = (!data.is_empty()).then_some(data.as_str());
-            mount(Some(source.as_str()), &full, Some(fstype.as_str()), ms_flags(*flags), data)
-                .or_fail(st, &|| format!("mounting {fstype} on {}", dst.display()));
+            mount(
+                Some(source.as_str()),
+                &full,
+                Some(fstype.as_str()),
+                ms_flags(*flags),
+                data,
+            )
+            .or_fail(st, &|| format!("mounting {fstype} on {}", dst.display()));
         }
-        Op::Bind { src, dst, recursive, flags } => {
+        Op::Bind {
+            src,
+            dst,
+            recursive,
+            flags,
+        } => {
             let from = in_root(OLDROOT, src);
             let full = in_root(NEWROOT, dst);
-            let is_dir = std::fs::metadata(&from).or_fail(st, &|| format!("bind source {}", src.display())).is_dir();
+            let is_dir = std::fs::metadata(&from)
+                .or_fail(st, &|| format!("bind source {}", src.display()))
+                .is_dir();
             make_mountpoint(&full, is_dir).or_fail(st, &|| {
-                format!("bind destination {} cannot be created (is it inside a read-only directory?)", dst.display())
+                format!(
+                    "bind destination {} cannot be created (is it inside a read-only directory?)",
+                    dst.display()
+                )
             });
             let mut m = MsFlags::MS_BIND;
             m.set(MsFlags::MS_REC, *recursive);
-            mount(Some(&from), &full, none, m, none).or_fail(st, &|| format!("binding {} to {}", src.display(), dst.display()));
-            restrict_mount(&full, *flags, *recursive).or_fail(st, &|| format!("restricting bind {}", dst.display()));
+            mount(Some(&from), &full, none, m, none).or_fail(st, &|| {
+                format!("binding {} to {}", src.display(), dst.display())
+            });
+            restrict_mount(&full, *flags, *recursive)
+                .or_fail(st, &|| format!("restricting bind {}", dst.display()));
         }
         Op::Symlink { target, link } => {
             let full = in_root(NEWROOT, link);
@@ -658,10 +789,12 @@ fn apply(op: &Op, st: RawFd) {
             }
         }
         Op::Mkdir { path } => {
-            std::fs::create_dir_all(in_root(NEWROOT, path)).or_fail(st, &|| format!("mkdir {}", path.display()));
+            std::fs::create_dir_all(in_root(NEWROOT, path))
+                .or_fail(st, &|| format!("mkdir {}", path.display()));
         }
         Op::WriteFile { path, contents } => {
-            std::fs::write(in_root(NEWROOT, path), contents).or_fail(st, &|| format!("writing {}", path.display()));
+            std::fs::write(in_root(NEWROOT, path), contents)
+                .or_fail(st, &|| format!("writing {}", path.display()));
         }
         Op::Mask { path } => {
             let full = in_root(NEWROOT, path);
@@ -671,12 +804,21 @@ fn apply(op: &Op, st: RawFd) {
                     Some("tmpfs"),
                     &full,
                     Some("tmpfs"),
-                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
                     Some("size=0,mode=0555"),
                 )
                 .or_fail(st, &|| format!("masking {}", path.display())),
-                Ok(_) => mount(Some(&in_root(OLDROOT, Path::new("/dev/null"))), &full, none, MsFlags::MS_BIND, none)
-                    .or_fail(st, &|| format!("masking {}", path.display())),
+                Ok(_) => mount(
+                    Some(&in_root(OLDROOT, Path::new("/dev/null"))),
+                    &full,
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )
+                .or_fail(st, &|| format!("masking {}", path.display())),
             }
         }
         Op::ReadOnly { path } => {
@@ -684,21 +826,32 @@ fn apply(op: &Op, st: RawFd) {
             if std::fs::symlink_metadata(&full).is_err() {
                 return;
             }
-            mount(Some(&full), &full, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-                .or_fail(st, &|| format!("binding {} read-only", path.display()));
+            mount(
+                Some(&full),
+                &full,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none,
+            )
+            .or_fail(st, &|| format!("binding {} read-only", path.display()));
             let ro = Flags {
                 readonly: true,
                 nosuid: true,
                 nodev: true,
                 noexec: true,
             };
-            restrict_mount(&full, ro, true).or_fail(st, &|| format!("making {} read-only", path.display()));
+            restrict_mount(&full, ro, true)
+                .or_fail(st, &|| format!("making {} read-only", path.display()));
         }
     }
 }
 
+/// What the status pipe said: the first setup/exec error (exit code, message) and the payload's end
+/// (exit code, signal).
+pub type StatusRecords = (Option<(i32, String)>, Option<(i32, i32)>);
+
 /// Parses the status pipe's records as written by [`fail`] and [`finish`].
-pub fn parse_status(text: &str) -> (Option<(i32, String)>, Option<(i32, i32)>) {
+pub fn parse_status(text: &str) -> StatusRecords {
     let mut err = None;
     let mut done = None;
     for line in text.lines() {
@@ -723,7 +876,9 @@ pub fn parse_status(text: &str) -> (Option<(i32, String)>, Option<(i32, i32)>) {
 /// Builds the argv/env C strings; NUL bytes are rejected before the sandbox is created.
 pub fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, String> {
     v.iter()
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| format!("{what} contains a NUL byte: {s:?}")))
+        .map(|s| {
+            CString::new(s.as_bytes()).map_err(|_| format!("{what} contains a NUL byte: {s:?}"))
+        })
         .collect()
 }
 

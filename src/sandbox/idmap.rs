@@ -24,7 +24,11 @@ pub enum IdMap {
     /// Full ranges, written by the setuid helpers newuidmap/newgidmap.
     Range { uid: Vec<Extent>, gid: Vec<Extent> },
     /// Maps written directly (as root, or an unprivileged caller mapping only its own ids).
-    Direct { uid: Vec<Extent>, gid: Vec<Extent>, deny_setgroups: bool },
+    Direct {
+        uid: Vec<Extent>,
+        gid: Vec<Extent>,
+        deny_setgroups: bool,
+    },
 }
 
 impl IdMap {
@@ -39,14 +43,19 @@ impl IdMap {
 }
 
 fn lines(ext: &[Extent]) -> String {
-    ext.iter().map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count)).collect()
+    ext.iter()
+        .map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count))
+        .collect()
 }
 
 /// Mapping failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IdMapError {
     #[error("writing {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{tool} failed: {message}")]
     Helper { tool: &'static str, message: String },
 }
@@ -69,25 +78,53 @@ pub fn keep_id(job: u32, caller: u32, sub: (u32, u32)) -> Vec<Extent> {
     let (start, count) = sub;
     let mut v = Vec::new();
     if job > 0 {
-        v.push(Extent { inside: 0, outside: start, count: job.min(count) });
+        v.push(Extent {
+            inside: 0,
+            outside: start,
+            count: job.min(count),
+        });
     }
-    v.push(Extent { inside: job, outside: caller, count: 1 });
+    v.push(Extent {
+        inside: job,
+        outside: caller,
+        count: 1,
+    });
     if count > job {
-        v.push(Extent { inside: job + 1, outside: start + job, count: count - job });
+        v.push(Extent {
+            inside: job + 1,
+            outside: start + job,
+            count: count - job,
+        });
     }
     v
 }
 
 fn have_helper(name: &str) -> bool {
-    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).exists())
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        .iter()
+        .any(|d| Path::new(d).join(name).exists())
 }
 
 /// Chooses the mapping for a caller (`host_uid`, `host_gid`, user name) and the job's (`uid`, `gid`).
 /// Returns a warning when falling back to a single id although the caller is unprivileged.
-pub fn choose(host_uid: u32, host_gid: u32, user: Option<&str>, uid: u32, gid: u32) -> (IdMap, Option<String>) {
+pub fn choose(
+    host_uid: u32,
+    host_gid: u32,
+    user: Option<&str>,
+    uid: u32,
+    gid: u32,
+) -> (IdMap, Option<String>) {
     let single = IdMap::Single {
-        uid: Extent { inside: uid, outside: host_uid, count: 1 },
-        gid: Extent { inside: gid, outside: host_gid, count: 1 },
+        uid: Extent {
+            inside: uid,
+            outside: host_uid,
+            count: 1,
+        },
+        gid: Extent {
+            inside: gid,
+            outside: host_gid,
+            count: 1,
+        },
     };
     if host_uid == 0 {
         return (single, None);
@@ -127,10 +164,20 @@ pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
     match map {
         IdMap::Single { uid, gid } => {
             write(format!("/proc/{pid}/setgroups"), "deny")?;
-            write(format!("/proc/{pid}/uid_map"), &format!("{} {} 1\n", uid.inside, uid.outside))?;
-            write(format!("/proc/{pid}/gid_map"), &format!("{} {} 1\n", gid.inside, gid.outside))
+            write(
+                format!("/proc/{pid}/uid_map"),
+                &format!("{} {} 1\n", uid.inside, uid.outside),
+            )?;
+            write(
+                format!("/proc/{pid}/gid_map"),
+                &format!("{} {} 1\n", gid.inside, gid.outside),
+            )
         }
-        IdMap::Direct { uid, gid, deny_setgroups } => {
+        IdMap::Direct {
+            uid,
+            gid,
+            deny_setgroups,
+        } => {
             if *deny_setgroups {
                 write(format!("/proc/{pid}/setgroups"), "deny")?;
             }
@@ -143,15 +190,27 @@ pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
                 let mut c = Command::new(tool);
                 c.arg(pid.to_string());
                 for e in ext {
-                    c.args([e.inside.to_string(), e.outside.to_string(), e.count.to_string()]);
+                    c.args([
+                        e.inside.to_string(),
+                        e.outside.to_string(),
+                        e.count.to_string(),
+                    ]);
                 }
-                c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-                c.spawn().map_err(|e| IdMapError::Helper { tool, message: e.to_string() })
+                c.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                c.spawn().map_err(|e| IdMapError::Helper {
+                    tool,
+                    message: e.to_string(),
+                })
             };
             let u = spawn("newuidmap", uid)?;
             let g = spawn("newgidmap", gid)?;
             for (tool, child) in [("newuidmap", u), ("newgidmap", g)] {
-                let out = child.wait_with_output().map_err(|e| IdMapError::Helper { tool, message: e.to_string() })?;
+                let out = child.wait_with_output().map_err(|e| IdMapError::Helper {
+                    tool,
+                    message: e.to_string(),
+                })?;
                 if !out.status.success() {
                     return Err(IdMapError::Helper {
                         tool,
@@ -182,13 +241,39 @@ mod tests {
         assert_eq!(
             m,
             vec![
-                Extent { inside: 0, outside: 100000, count: 1000 },
-                Extent { inside: 1000, outside: 1001, count: 1 },
-                Extent { inside: 1001, outside: 101000, count: 64536 },
+                Extent {
+                    inside: 0,
+                    outside: 100000,
+                    count: 1000
+                },
+                Extent {
+                    inside: 1000,
+                    outside: 1001,
+                    count: 1
+                },
+                Extent {
+                    inside: 1001,
+                    outside: 101000,
+                    count: 64536
+                },
             ]
         );
         let root_job = keep_id(0, 1001, (100000, 65536));
-        assert_eq!(root_job[0], Extent { inside: 0, outside: 1001, count: 1 });
-        assert_eq!(root_job[1], Extent { inside: 1, outside: 100000, count: 65536 });
+        assert_eq!(
+            root_job[0],
+            Extent {
+                inside: 0,
+                outside: 1001,
+                count: 1
+            }
+        );
+        assert_eq!(
+            root_job[1],
+            Extent {
+                inside: 1,
+                outside: 100000,
+                count: 65536
+            }
+        );
     }
 }

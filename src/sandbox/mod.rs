@@ -15,9 +15,9 @@ use crate::seccomp;
 use child::ChildConfig;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
 use serde::Serialize;
 use std::io::Read;
@@ -140,8 +140,14 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<nix::sys::resource::Resource> {
 
 /// Checks that this host lets an unprivileged user create user namespaces; names the knob when not.
 pub fn userns_unavailable_reason() -> Option<String> {
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
-    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") && !nix::unistd::geteuid().is_root() {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
+        && !nix::unistd::geteuid().is_root()
+    {
         return Some("sysctl kernel.unprivileged_userns_clone=0 (set it to 1)".into());
     }
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
@@ -190,12 +196,21 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     }
 }
 
-fn to_caps(set: Option<&oci_spec::runtime::Capabilities>) -> Result<Vec<caps::Capability>, LaunchError> {
+fn to_caps(
+    set: Option<&oci_spec::runtime::Capabilities>,
+) -> Result<Vec<caps::Capability>, LaunchError> {
     let mut v = Vec::new();
     for c in set.into_iter().flatten() {
         let name = c.to_string();
-        let name = if name.starts_with("CAP_") { name } else { format!("CAP_{name}") };
-        v.push(caps::Capability::from_str(&name).map_err(|_| LaunchError::Spec(format!("unknown capability {name}")))?);
+        let name = if name.starts_with("CAP_") {
+            name
+        } else {
+            format!("CAP_{name}")
+        };
+        v.push(
+            caps::Capability::from_str(&name)
+                .map_err(|_| LaunchError::Spec(format!("unknown capability {name}")))?,
+        );
     }
     Ok(v)
 }
@@ -208,15 +223,23 @@ fn to_hooks(hooks: Option<&Vec<oci_spec::runtime::Hook>>) -> Vec<child::HookCmd>
             path: h.path().clone(),
             args: h.args().clone().unwrap_or_default(),
             env: h.env().clone().unwrap_or_default(),
-            timeout: h.timeout().and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0),
+            timeout: h
+                .timeout()
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0),
         })
         .collect()
 }
 
 /// Runs host-side hooks (prestart, createRuntime, poststart, poststop) in order.
-pub fn run_host_hooks(hooks: Option<&Vec<oci_spec::runtime::Hook>>, kind: &str, state: &[u8]) -> Result<(), LaunchError> {
+pub fn run_host_hooks(
+    hooks: Option<&Vec<oci_spec::runtime::Hook>>,
+    kind: &str,
+    state: &[u8],
+) -> Result<(), LaunchError> {
     for h in to_hooks(hooks) {
-        child::run_hook(&h, state, None).map_err(|e| LaunchError::Spec(format!("{kind} hook {}: {e}", h.path.display())))?;
+        child::run_hook(&h, state, None)
+            .map_err(|e| LaunchError::Spec(format!("{kind} hook {}: {e}", h.path.display())))?;
     }
     Ok(())
 }
@@ -234,26 +257,52 @@ fn id_map(spec: &Spec, uid: u32, gid: u32) -> (idmap::IdMap, Option<String>) {
             })
             .collect()
     };
-    let (u, g) = (ext(linux.map(|l| l.uid_mappings()).unwrap_or(&None)), ext(linux.map(|l| l.gid_mappings()).unwrap_or(&None)));
+    let (u, g) = (
+        ext(linux.map(|l| l.uid_mappings()).unwrap_or(&None)),
+        ext(linux.map(|l| l.gid_mappings()).unwrap_or(&None)),
+    );
     let host_uid = nix::unistd::getuid().as_raw();
     let host_gid = nix::unistd::getgid().as_raw();
     if !u.is_empty() && !g.is_empty() {
-        let own_single = u.len() == 1 && g.len() == 1 && u[0].count == 1 && g[0].count == 1 && u[0].outside == host_uid && g[0].outside == host_gid;
+        let own_single = u.len() == 1
+            && g.len() == 1
+            && u[0].count == 1
+            && g[0].count == 1
+            && u[0].outside == host_uid
+            && g[0].outside == host_gid;
         if own_single || host_uid == 0 {
-            return (idmap::IdMap::Direct { uid: u, gid: g, deny_setgroups: own_single && host_uid != 0 }, None);
+            return (
+                idmap::IdMap::Direct {
+                    uid: u,
+                    gid: g,
+                    deny_setgroups: own_single && host_uid != 0,
+                },
+                None,
+            );
         }
         return (idmap::IdMap::Range { uid: u, gid: g }, None);
     }
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
     idmap::choose(host_uid, host_gid, user.as_deref(), uid, gid)
 }
 
 /// The process part of a child configuration (identity, capabilities, rlimits, seccomp, argv), shared by
 /// `launch` and `exec_in`; filesystem and namespace fields are left empty for the caller to fill.
-fn process_config(spec: &Spec, process: &oci_spec::runtime::Process, strict: bool, setgroups_allowed: bool, mode: child::ChildMode) -> Result<ChildConfig, LaunchError> {
+fn process_config(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+    strict: bool,
+    setgroups_allowed: bool,
+    mode: child::ChildMode,
+) -> Result<ChildConfig, LaunchError> {
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
-        return Err(LaunchError::Spec("process.args is empty: give a command".into()));
+        return Err(LaunchError::Spec(
+            "process.args is empty: give a command".into(),
+        ));
     }
     let env = process.env().clone().unwrap_or_default();
     let path_dirs = env
@@ -303,12 +352,13 @@ fn process_config(spec: &Spec, process: &oci_spec::runtime::Process, strict: boo
             .as_deref()
             .unwrap_or_default()
             .iter()
-            .filter_map(|r| Some((rlimit_resource(r.typ())?, r.hard().max(r.soft()))))
+            .filter_map(|r| Some((rlimit_resource(r.typ())?, r.soft(), r.hard())))
             .collect(),
         seccomp: filter,
         umask: user.umask().unwrap_or(0o022),
         oom_score_adj: process.oom_score_adj(),
         join: Vec::new(),
+        join_pidfd: None,
         new_netns: false,
         forward: forwarded_signals(),
         mode,
@@ -320,23 +370,44 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     if opts.network == NetMode::Egress {
         return Err(LaunchError::EgressUnsupported);
     }
-    let process = spec.process().as_ref().ok_or_else(|| LaunchError::Spec("spec has no process".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| LaunchError::Spec("spec has no process".into()))?;
     let linux = spec.linux().as_ref();
     let host_root = nix::unistd::geteuid().is_root();
 
     // Namespaces: created unless the spec gives a path to join; rootless always needs its own user namespace.
     let mut flags = CloneFlags::empty();
     let mut join = Vec::new();
-    for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+    for ns in linux
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
         match ns.path() {
             None => flags |= ns_flag(ns.typ()),
             Some(p) if ns.typ() == LinuxNamespaceType::Pid => {
-                return Err(LaunchError::Spec(format!("joining a pid namespace ({}) is not supported; create one instead", p.display())))
+                return Err(LaunchError::Spec(format!(
+                    "joining a pid namespace ({}) is not supported; create one instead",
+                    p.display()
+                )))
             }
             Some(p) => join.push((ns_flag(ns.typ()), p.clone())),
         }
     }
-    if !host_root && !join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER) {
+    // Joining a user namespace happens here, in the caller, so the namespaces clone3 creates belong to it.
+    if let Some(i) = join
+        .iter()
+        .position(|(f, _)| *f == CloneFlags::CLONE_NEWUSER)
+    {
+        let (_, path) = join.remove(i);
+        let f = std::fs::File::open(&path)
+            .map_err(|e| LaunchError::Spec(format!("user namespace {}: {e}", path.display())))?;
+        nix::sched::setns(f, CloneFlags::CLONE_NEWUSER).map_err(|e| {
+            LaunchError::Spec(format!("joining user namespace {}: {e}", path.display()))
+        })?;
+    } else if !host_root {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
     let new_userns = flags.contains(CloneFlags::CLONE_NEWUSER);
@@ -364,7 +435,13 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         domainname: spec.domainname().clone(),
         join,
         new_netns: flags.contains(CloneFlags::CLONE_NEWNET),
-        ..process_config(spec, process, opts.strict, !new_userns || !map.denies_setgroups(), child_mode)?
+        ..process_config(
+            spec,
+            process,
+            opts.strict,
+            !new_userns || !map.denies_setgroups(),
+            child_mode,
+        )?
     };
 
     // cgroup first, so the child is born inside it (CLONE_INTO_CGROUP).
@@ -389,7 +466,8 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     // mask and does the same.
     let fwd = forwarded_signals();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&fwd), None).map_err(sys("sigprocmask"))?;
-    let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
+    let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
 
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
@@ -404,7 +482,13 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     }
     // SAFETY: clone3 with a fully initialised clone_args of the size we pass; stack 0 means the child runs on
     // a copy of our stack, like fork. This process is single-threaded here, so the child may run Rust code.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if pid < 0 {
         let e = Errno::last();
         let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&fwd), None);
@@ -412,10 +496,16 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
             c.remove();
         }
         return Err(match e {
-            Errno::EPERM | Errno::ENOSPC | Errno::EUSERS | Errno::EINVAL if new_userns => LaunchError::UserNamespaces(
-                userns_unavailable_reason().unwrap_or_else(|| format!("clone3 refused new namespaces: {e}")),
-            ),
-            e => LaunchError::Sys { what: "clone3", errno: e },
+            Errno::EPERM | Errno::ENOSPC | Errno::EUSERS | Errno::EINVAL if new_userns => {
+                LaunchError::UserNamespaces(
+                    userns_unavailable_reason()
+                        .unwrap_or_else(|| format!("clone3 refused new namespaces: {e}")),
+                )
+            }
+            e => LaunchError::Sys {
+                what: "clone3",
+                errno: e,
+            },
         });
     }
     if pid == 0 {
@@ -440,19 +530,31 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         cgroup: cg,
         signals,
     };
-    let state = container.as_ref().map(|c| (c.state_json)(pid)).unwrap_or_default();
+    let state = container
+        .as_ref()
+        .map(|c| (c.state_json)(pid))
+        .unwrap_or_default();
     let release = (|| {
         if new_userns {
             idmap::apply(pid, &map)?;
         }
         if container.is_some() {
-            run_host_hooks(hooks.and_then(|h| h.prestart().as_ref()), "prestart", &state)?;
-            run_host_hooks(hooks.and_then(|h| h.create_runtime().as_ref()), "createRuntime", &state)?;
+            run_host_hooks(
+                hooks.and_then(|h| h.prestart().as_ref()),
+                "prestart",
+                &state,
+            )?;
+            run_host_hooks(
+                hooks.and_then(|h| h.create_runtime().as_ref()),
+                "createRuntime",
+                &state,
+            )?;
         }
         let mut msg = Vec::with_capacity(1 + state.len());
         msg.push(b'g');
         msg.extend_from_slice(&state);
-        std::io::Write::write_all(&mut std::fs::File::from(sync_w), &msg).map_err(|e| LaunchError::Spec(format!("releasing pid 1: {e}")))
+        std::io::Write::write_all(&mut std::fs::File::from(sync_w), &msg)
+            .map_err(|e| LaunchError::Spec(format!("releasing pid 1: {e}")))
     })();
     if let Err(e) = release {
         sandbox.kill();
@@ -474,7 +576,15 @@ impl Sandbox {
 
     fn signal(&self, sig: i32) {
         // SAFETY: pidfd_send_signal on our own pidfd; the pidfd guarantees we never signal a recycled pid.
-        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 
     /// Kills the whole sandbox (SIGKILL of pid 1 ends every process of its pid namespace).
@@ -504,7 +614,10 @@ impl Sandbox {
         let mut buf = [0u8; 4096];
         let mut got = Vec::new();
         loop {
-            let n = self.status.read(&mut buf).map_err(|e| LaunchError::Spec(format!("reading setup status: {e}")))?;
+            let n = self
+                .status
+                .read(&mut buf)
+                .map_err(|e| LaunchError::Spec(format!("reading setup status: {e}")))?;
             got.extend_from_slice(&buf[..n]);
             if n == 0 || got.starts_with(b"R\n") || got.ends_with(b"\n") {
                 break;
@@ -517,7 +630,9 @@ impl Sandbox {
         let _ = self.reap();
         match child::parse_status(&text).0 {
             Some((_, msg)) => Err(LaunchError::Spec(msg)),
-            None => Err(LaunchError::Spec("container setup failed without a message".into())),
+            None => Err(LaunchError::Spec(
+                "container setup failed without a message".into(),
+            )),
         }
     }
 
@@ -532,7 +647,11 @@ impl Sandbox {
         self.wait_pid1()?;
         let (status, _) = self.reap().map_err(sys("wait4"))?;
         let _ = self.cgroup.take().map(|c| c.into_path());
-        Ok(if libc::WIFSIGNALED(status) { 128 + libc::WTERMSIG(status) } else { libc::WEXITSTATUS(status) })
+        Ok(if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            libc::WEXITSTATUS(status)
+        })
     }
 
     /// Lets the sandbox outlive this handle (OCI `create`); returns its cgroup directory.
@@ -552,7 +671,12 @@ impl Sandbox {
                         timed_out = true;
                         self.kill();
                     }
-                    if timed_out { PollTimeout::NONE } else { PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1).unwrap_or(PollTimeout::MAX) }
+                    if timed_out {
+                        PollTimeout::NONE
+                    } else {
+                        PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1)
+                            .unwrap_or(PollTimeout::MAX)
+                    }
                 }
                 None => PollTimeout::NONE,
             };
@@ -562,9 +686,17 @@ impl Sandbox {
             ];
             match poll(&mut fds, wait_ms) {
                 Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(LaunchError::Sys { what: "poll", errno: e }),
+                Err(e) => {
+                    return Err(LaunchError::Sys {
+                        what: "poll",
+                        errno: e,
+                    })
+                }
             }
-            if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            if fds[1]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+            {
                 while let Ok(Some(si)) = self.signals.read_signal() {
                     self.signal(si.ssi_signo as i32);
                 }
@@ -620,17 +752,29 @@ impl Sandbox {
 
 /// Starts `process` inside the running container whose pid 1 is `target` (OCI `exec`): joins its
 /// namespaces with one setns(pidfd) and clones the new process straight into its cgroup.
-pub fn exec_in(spec: &Spec, process: &oci_spec::runtime::Process, target: i32, cgroup: Option<&std::path::Path>, console: Option<OwnedFd>) -> Result<Sandbox, LaunchError> {
+pub fn exec_in(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+    target: i32,
+    cgroup: Option<&std::path::Path>,
+    console: Option<OwnedFd>,
+) -> Result<Sandbox, LaunchError> {
     // SAFETY: pidfd_open with a pid and no flags returns a new fd or -1.
     let tfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) };
     if tfd < 0 {
-        return Err(LaunchError::Sys { what: "pidfd_open", errno: Errno::last() });
+        return Err(LaunchError::Sys {
+            what: "pidfd_open",
+            errno: Errno::last(),
+        });
     }
     // SAFETY: pidfd_open returned a new fd that we now own.
     let tfd = unsafe { OwnedFd::from_raw_fd(tfd as RawFd) };
     let cg = cgroup.and_then(Cgroup::open);
-    let setgroups_denied = std::fs::read_to_string(format!("/proc/{target}/setgroups")).is_ok_and(|s| s.trim() == "deny");
-    let mode = child::ChildMode::Exec { console: console.as_ref().map(|c| c.as_raw_fd()) };
+    let setgroups_denied = std::fs::read_to_string(format!("/proc/{target}/setgroups"))
+        .is_ok_and(|s| s.trim() == "deny");
+    let mode = child::ChildMode::Exec {
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+    };
     let cfg = process_config(spec, process, false, !setgroups_denied, mode)?;
     let mut ns = CloneFlags::empty();
     for (name, flag) in [
@@ -651,8 +795,19 @@ pub fn exec_in(spec: &Spec, process: &oci_spec::runtime::Process, target: i32, c
     let (status_r, status_w) = pipe()?;
     let fwd = forwarded_signals();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&fwd), None).map_err(sys("sigprocmask"))?;
-    let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(sys("signalfd"))?;
-    nix::sched::setns(&tfd, ns).map_err(sys("joining the container's namespaces"))?;
+    let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
+    // The caller joins only the user and pid namespaces (the pid namespace applies to children, and joining it
+    // needs privilege over it); the child joins the rest, so the caller keeps the host's filesystem view.
+    let own = ns & (CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID);
+    if !own.is_empty() {
+        nix::sched::setns(&tfd, own)
+            .map_err(sys("joining the container's user and pid namespaces"))?;
+    }
+    let cfg = ChildConfig {
+        join_pidfd: Some((tfd.as_raw_fd(), ns - own)),
+        ..cfg
+    };
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64,
@@ -665,9 +820,18 @@ pub fn exec_in(spec: &Spec, process: &oci_spec::runtime::Process, target: i32, c
         args.cgroup = c.dir_fd() as u64;
     }
     // SAFETY: as in `launch`: a complete clone_args, no new stack, single-threaded caller.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if pid < 0 {
-        return Err(LaunchError::Sys { what: "clone3", errno: Errno::last() });
+        return Err(LaunchError::Sys {
+            what: "clone3",
+            errno: Errno::last(),
+        });
     }
     if pid == 0 {
         drop(status_r);
@@ -682,7 +846,15 @@ pub fn exec_in(spec: &Spec, process: &oci_spec::runtime::Process, target: i32, c
         status: std::fs::File::from(status_r),
         started: Instant::now(),
         timeout: None,
-        limits: LimitsReport { enforced: cg.is_some(), mechanism: if cg.is_some() { "cgroup2".into() } else { "rlimit".into() }, reason: None },
+        limits: LimitsReport {
+            enforced: cg.is_some(),
+            mechanism: if cg.is_some() {
+                "cgroup2".into()
+            } else {
+                "rlimit".into()
+            },
+            reason: None,
+        },
         // The container owns its cgroup: this handle must never remove it.
         cgroup: None,
         signals,

@@ -22,9 +22,20 @@ pub struct Flags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Mount a fresh filesystem (`tmpfs`, `proc`, `devpts`, `mqueue`, `sysfs`) at `dst`.
-    Mount { fstype: String, source: String, dst: PathBuf, flags: Flags, data: String },
+    Mount {
+        fstype: String,
+        source: String,
+        dst: PathBuf,
+        flags: Flags,
+        data: String,
+    },
     /// Bind the host path `src` at `dst` (mountpoint created to match the source's type).
-    Bind { src: PathBuf, dst: PathBuf, recursive: bool, flags: Flags },
+    Bind {
+        src: PathBuf,
+        dst: PathBuf,
+        recursive: bool,
+        flags: Flags,
+    },
     /// Create a symlink `link` -> `target`.
     Symlink { target: PathBuf, link: PathBuf },
     /// Create directory `path` (and parents).
@@ -104,8 +115,8 @@ fn parse_options(m: &Mount) -> Result<(Flags, bool, Vec<String>), PlanError> {
             "bind" => {}
             // Propagation and atime flags: the sandbox's mounts are private, atime is left to the kernel.
             "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable"
-            | "runbindable" | "relatime" | "norelatime" | "strictatime" | "noatime" | "nodiratime"
-            | "atime" | "diratime" | "defaults" | "async" => {}
+            | "runbindable" | "relatime" | "norelatime" | "strictatime" | "noatime"
+            | "nodiratime" | "atime" | "diratime" | "defaults" | "async" => {}
             o if o.contains('=') || matches!(o, "newinstance") => data.push(o.to_string()),
             o => {
                 return Err(PlanError::UnsupportedOption {
@@ -142,19 +153,34 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
                 Err(_) => system_binds.push(p.to_path_buf()),
             }
         }
-        ops.extend(generated_etc(spec, process.user().uid(), process.user().gid()));
+        ops.extend(generated_etc(
+            spec,
+            process.user().uid(),
+            process.user().gid(),
+        ));
     }
 
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let dst = clean_dst(m.destination())?;
-        if host_system && HOST_SYSTEM_DIRS.iter().any(|d| Path::new(d) == dst) && !system_binds.contains(&dst) {
+        if host_system
+            && HOST_SYSTEM_DIRS.iter().any(|d| Path::new(d) == dst)
+            && !system_binds.contains(&dst)
+        {
             continue; // a symlink on this host (merged /usr): already recreated above
         }
         let typ = m.typ().as_deref().unwrap_or("bind");
         let (flags, recursive, data) = parse_options(m)?;
-        let is_bind = typ == "bind" || m.options().as_deref().unwrap_or_default().iter().any(|o| o == "bind" || o == "rbind");
+        let is_bind = typ == "bind"
+            || m.options()
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o == "bind" || o == "rbind");
         if is_bind {
-            let src = m.source().as_ref().ok_or_else(|| PlanError::NoSource(dst.display().to_string()))?;
+            let src = m
+                .source()
+                .as_ref()
+                .ok_or_else(|| PlanError::NoSource(dst.display().to_string()))?;
             ops.push(Op::Bind {
                 src: src.clone(),
                 dst,
@@ -176,7 +202,11 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
         let is_dev = typ == "tmpfs" && dst == Path::new("/dev");
         ops.push(Op::Mount {
             fstype: typ.to_string(),
-            source: m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_else(|| typ.to_string()),
+            source: m
+                .source()
+                .as_ref()
+                .map(|s| s.display().to_string())
+                .unwrap_or_else(|| typ.to_string()),
             dst,
             flags,
             data: data.join(","),
@@ -202,10 +232,15 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
                 },
             });
         }
-        let mut sysctls: Vec<(&String, &String)> = linux.sysctl().as_ref().map(|m| m.iter().collect()).unwrap_or_default();
+        let mut sysctls: Vec<(&String, &String)> = linux
+            .sysctl()
+            .as_ref()
+            .map(|m| m.iter().collect())
+            .unwrap_or_default();
         sysctls.sort();
         for (k, v) in sysctls {
-            let namespaced = k.starts_with("kernel.") || k.starts_with("net.") || k.starts_with("fs.mqueue.");
+            let namespaced =
+                k.starts_with("kernel.") || k.starts_with("net.") || k.starts_with("fs.mqueue.");
             if !namespaced || k.contains("..") || k.contains('/') {
                 return Err(PlanError::BadSysctl(k.clone()));
             }
@@ -224,15 +259,23 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
             });
         }
         for p in linux.masked_paths().as_deref().unwrap_or_default() {
-            ops.push(Op::Mask { path: clean_dst(Path::new(p))? });
+            ops.push(Op::Mask {
+                path: clean_dst(Path::new(p))?,
+            });
         }
         for p in linux.readonly_paths().as_deref().unwrap_or_default() {
-            ops.push(Op::ReadOnly { path: clean_dst(Path::new(p))? });
+            ops.push(Op::ReadOnly {
+                path: clean_dst(Path::new(p))?,
+            });
         }
     }
 
     Ok(FsPlan {
-        root_dir: if host_system { None } else { Some(root.path().clone()) },
+        root_dir: if host_system {
+            None
+        } else {
+            Some(root.path().clone())
+        },
         root_readonly: root.readonly().unwrap_or(false),
         root_propagation,
         ops,
@@ -288,13 +331,21 @@ fn generated_etc(spec: &Spec, uid: u32, gid: u32) -> Vec<Op> {
     }
     passwd += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
     group += "nogroup:x:65534:\n";
-    let mut ops = vec![Op::Mkdir { path: "/etc".into() }];
+    let mut ops = vec![Op::Mkdir {
+        path: "/etc".into(),
+    }];
     for (name, contents) in [
         ("passwd", passwd),
         ("group", group),
         ("hostname", format!("{host}\n")),
-        ("hosts", format!("127.0.0.1\tlocalhost {host}\n::1\tlocalhost ip6-localhost ip6-loopback\n")),
-        ("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n".into()),
+        (
+            "hosts",
+            format!("127.0.0.1\tlocalhost {host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        ),
+        (
+            "nsswitch.conf",
+            "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n".into(),
+        ),
         ("resolv.conf", String::new()),
     ] {
         ops.push(Op::WriteFile {
@@ -302,7 +353,15 @@ fn generated_etc(spec: &Spec, uid: u32, gid: u32) -> Vec<Op> {
             contents,
         });
     }
-    for name in ["ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl", "ca-certificates", "localtime"] {
+    for name in [
+        "ld.so.cache",
+        "ld.so.conf",
+        "ld.so.conf.d",
+        "alternatives",
+        "ssl",
+        "ca-certificates",
+        "localtime",
+    ] {
         let p = PathBuf::from("/etc").join(name);
         match std::fs::read_link(&p) {
             Ok(target) => ops.push(Op::Symlink { target, link: p }),
@@ -343,13 +402,25 @@ mod tests {
         let p = default_plan(|_| {});
         assert_eq!(p.root_dir, None);
         assert!(p.root_readonly);
-        let usr = p.ops.iter().find(|o| matches!(o, Op::Bind { dst, .. } if dst == Path::new("/usr"))).unwrap();
-        assert!(matches!(usr, Op::Bind { flags, recursive: true, .. } if flags.readonly && flags.nosuid && flags.nodev));
+        let usr = p
+            .ops
+            .iter()
+            .find(|o| matches!(o, Op::Bind { dst, .. } if dst == Path::new("/usr")))
+            .unwrap();
+        assert!(
+            matches!(usr, Op::Bind { flags, recursive: true, .. } if flags.readonly && flags.nosuid && flags.nodev)
+        );
         // nothing of the host but system dirs, /etc config and device nodes is bound
         for op in &p.ops {
             if let Op::Bind { src, .. } = op {
                 let s = src.to_string_lossy();
-                assert!(s.starts_with("/usr") || s.starts_with("/etc/") || s.starts_with("/dev/") || HOST_SYSTEM_DIRS.contains(&s.as_ref()), "unexpected bind of {s}");
+                assert!(
+                    s.starts_with("/usr")
+                        || s.starts_with("/etc/")
+                        || s.starts_with("/dev/")
+                        || HOST_SYSTEM_DIRS.contains(&s.as_ref()),
+                    "unexpected bind of {s}"
+                );
             }
         }
         assert!(p.ops.iter().any(|o| matches!(o, Op::WriteFile { path, contents } if path == Path::new("/etc/passwd") && contents.contains("job:x:1000:1000"))));
@@ -368,10 +439,12 @@ mod tests {
     #[test]
     fn binds_default_to_readonly() {
         let p = default_plan(|r| r.binds = vec!["/tmp:/data".into(), "/tmp:/out:rw".into()]);
-        let find = |d: &str| p.ops.iter().find_map(|o| match o {
-            Op::Bind { dst, flags, .. } if dst == Path::new(d) => Some(*flags),
-            _ => None,
-        });
+        let find = |d: &str| {
+            p.ops.iter().find_map(|o| match o {
+                Op::Bind { dst, flags, .. } if dst == Path::new(d) => Some(*flags),
+                _ => None,
+            })
+        };
         assert!(find("/data").unwrap().readonly);
         assert!(!find("/out").unwrap().readonly);
     }
@@ -384,12 +457,27 @@ mod tests {
         })
         .unwrap();
         let mut mounts = spec.mounts().clone().unwrap();
-        mounts.push(oci_spec::runtime::MountBuilder::default().destination("/a/../../etc").typ("tmpfs").build().unwrap());
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/a/../../etc")
+                .typ("tmpfs")
+                .build()
+                .unwrap(),
+        );
         spec.set_mounts(Some(mounts.clone()));
         assert!(matches!(plan_fs(&spec), Err(PlanError::BadDestination(_))));
         mounts.pop();
-        mounts.push(oci_spec::runtime::MountBuilder::default().destination("/x").typ("nfs").build().unwrap());
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination("/x")
+                .typ("nfs")
+                .build()
+                .unwrap(),
+        );
         spec.set_mounts(Some(mounts));
-        assert!(matches!(plan_fs(&spec), Err(PlanError::UnsupportedType { .. })));
+        assert!(matches!(
+            plan_fs(&spec),
+            Err(PlanError::UnsupportedType { .. })
+        ));
     }
 }

@@ -1,0 +1,313 @@
+//! End to end through the local executor, rootless: `jobcell serve --executor local` as an
+//! unprivileged user (when the test runs as root it drops to `$JOBCELL_TEST_USER`, default
+//! `jc`, with setpriv), a `sh` job using `jobcell ctl` over the bind-mounted API socket,
+//! a timeout, a cancel, and SIGTERM releasing a running job.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jobcell::ctl::http;
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    api: String,
+    key: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn start(state: &Path) -> Server {
+    let bin = env!("CARGO_BIN_EXE_jobcell");
+    let mut cmd = if is_root() {
+        let user = std::env::var("JOBCELL_TEST_USER").unwrap_or_else(|_| "jc".into());
+        let parent = state.parent().unwrap();
+        let st = Command::new("chown")
+            .arg(format!("{user}:{user}"))
+            .arg(parent)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "chown to {user} failed (set JOBCELL_TEST_USER)"
+        );
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &user, "--regid", &user, "--init-groups", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let mut child = cmd
+        .args([
+            "serve",
+            "--executor",
+            "local",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(state)
+        .env_remove("JOBCELL_INTERNAL_API_KEY")
+        .env_remove("INTERNAL_API_KEY")
+        .env_remove("JOBCELL_JWT_SECRET")
+        .env_remove("JOBCELL_CACHE_SECRET")
+        .env("HOME", state.parent().unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+            }
+            eprintln!("server: {line}");
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server did not start");
+    let key = std::fs::read_to_string(state.join("secrets/internal_api_key")).unwrap();
+    Server {
+        child,
+        api: format!("http://{addr}"),
+        key,
+    }
+}
+
+impl Server {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = format!("Bearer {}", self.key);
+        let b = body.map(|v| serde_json::to_vec(&v).unwrap());
+        let r = http::request(
+            &self.api,
+            method,
+            path,
+            &[("Authorization", &auth), ("X-Orchestrator-ID", "e2e")],
+            b.as_deref(),
+        )
+        .unwrap();
+        (r.status, r.json().unwrap_or(Value::Null))
+    }
+
+    fn submit(&self, body: Value) -> String {
+        let (st, v) = self.call("POST", "/api/internal/jobs", Some(body));
+        assert_eq!(st, 201, "{v}");
+        v["jobId"].as_str().unwrap().to_string()
+    }
+
+    fn wait_status(&self, job: &str, want: &[&str], secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, v) = self.call("GET", &format!("/api/internal/jobs/{job}"), None);
+            if want.contains(&v["status"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "job stuck: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+const SCRIPT: &str = r#"set -e
+jobcell ctl input
+jobcell ctl var set greeting "hello world"
+v=$(jobcell ctl var get greeting)
+echo "got $v"
+jobcell ctl log "via api"
+echo "to stderr" >&2
+if jobcell ctl var get missing; then echo "missing was set"; exit 3; fi
+test "$JOBCELL_API" = unix:/run/jobcell/api.sock
+jobcell ctl condition true
+jobcell ctl output "{\"greeting\": \"$v\", \"input\": $(jobcell ctl input)}"
+i=0; while [ $i -lt 200 ]; do echo "line $i"; i=$((i+1)); done
+"#;
+
+#[test]
+fn sh_job_uses_ctl_and_completes_with_output_and_ordered_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(&dir.path().join("state"));
+    let job = srv.submit(json!({
+        "userId": "alice", "script": {"type": "sh", "content": SCRIPT},
+        "input": {"n": 7}, "timeoutSeconds": 60
+    }));
+    let v = srv.wait_status(&job, &["completed", "failed", "timeout"], 60);
+    let e = &v["executions"][0];
+    let exec = e["executionId"].as_str().unwrap();
+    let (_, logs) = srv.call("GET", &format!("/api/logs/{exec}"), None);
+    assert_eq!(v["status"], "completed", "{v}\n{logs}");
+    assert!(e["orchestratorId"].as_str().unwrap().starts_with("local-"));
+    assert_eq!(e["exitCode"], 0);
+    assert_eq!(
+        e["output"],
+        json!({"greeting": "hello world", "input": {"n": 7}})
+    );
+    assert_eq!(e["condition"], true);
+    assert_eq!(e["outcome"]["exitCode"], 0);
+    assert_eq!(e["outcome"]["timedOut"], false);
+    let lines = logs["lines"].as_array().unwrap();
+    let seqs: Vec<i64> = lines.iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=lines.len() as i64).collect::<Vec<_>>());
+    let of = |stream: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter(|l| l["stream"] == stream)
+            .map(|l| l["line"].as_str().unwrap())
+            .collect()
+    };
+    let stdout = of("stdout");
+    assert_eq!(stdout[0], r#"{"n":7}"#);
+    assert_eq!(stdout[1], "got hello world");
+    let numbered: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        stdout[2..],
+        numbered.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(of("api"), ["via api"]);
+    assert!(of("stderr").contains(&"to stderr"));
+    // The token died with the execution; the variable persists for the owner.
+    let (_, audit) = srv.call("GET", "/api/internal/audit?limit=1000", None);
+    let ev = audit["events"].as_array().unwrap();
+    assert!(ev
+        .iter()
+        .any(|e| e["action"] == "variable.write" && e["userId"] == "alice" && e["result"] == "ok"));
+}
+
+#[test]
+fn timeout_cancel_and_sigterm_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = start(&dir.path().join("state"));
+    let slow = srv.submit(json!({"userId": "u", "command": ["sh", "-c", "echo started; sleep 30"], "timeoutSeconds": 2}));
+    let v = srv.wait_status(&slow, &["completed", "failed", "timeout"], 40);
+    assert_eq!(v["status"], "timeout", "{v}");
+    assert_eq!(v["executions"][0]["outcome"]["timedOut"], true);
+    let victim =
+        srv.submit(json!({"userId": "u", "command": ["sh", "-c", "echo started; sleep 60"]}));
+    srv.wait_status(&victim, &["running"], 20);
+    let (st, _) = srv.call("POST", &format!("/api/internal/jobs/{victim}/cancel"), None);
+    assert_eq!(st, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, m) = (
+        0,
+        http::request(&srv.api, "GET", "/metrics", &[], None).unwrap(),
+    );
+    let text = String::from_utf8(m.body).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = text;
+    while !text.contains("jobcell_sandboxes_running 0") {
+        assert!(
+            Instant::now() < deadline,
+            "sandbox not stopped after cancel"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        text = String::from_utf8(
+            http::request(&srv.api, "GET", "/metrics", &[], None)
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+    }
+    let v = srv.wait_status(&victim, &["cancelled"], 5);
+    assert_eq!(v["executions"][0]["status"], "cancelled");
+    // SIGTERM with a job running: the executor stops it and gives it back to the queue.
+    let held = srv.submit(json!({"userId": "u", "command": ["sh", "-c", "sleep 60"]}));
+    srv.wait_status(&held, &["running"], 20);
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let db = rusqlite::Connection::open(dir.path().join("state/jobcell.db")).unwrap();
+    let (job_status, exec_status): (String, String) = db
+        .query_row(
+            "SELECT j.status, e.status FROM jobs j JOIN executions e ON e.job_id = j.id WHERE j.id = ?1",
+            [&held],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (job_status.as_str(), exec_status.as_str()),
+        ("queued", "released")
+    );
+}
+
+fn sleepers(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first() == Some(&&b"sleep"[..]) && args.get(1) == Some(&marker.as_bytes())
+        })
+        .count()
+}
+
+#[test]
+fn kill_9_of_the_server_kills_its_sandboxes_and_restart_requeues() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut srv = start(&state);
+    let marker = "4321.5";
+    let job = srv.submit(json!({"userId": "u", "command": ["sleep", marker]}));
+    srv.wait_status(&job, &["running"], 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers(marker) == 0 {
+        assert!(Instant::now() < deadline, "sandbox never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(srv.child.id() as i32, libc::SIGKILL) },
+        0
+    );
+    let _ = srv.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers(marker) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "sandbox outlived the killed server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(srv);
+    // The restarted executor gives the job back at once (no wait for the 60 s lease) and
+    // runs it again under a new execution.
+    let srv = start(&state);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let (_, v) = srv.call("GET", &format!("/api/internal/jobs/{job}"), None);
+        if v["executions"].as_array().unwrap().len() == 2 && v["status"] == "running" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "job not rerun: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["executions"][0]["status"], "released");
+    let (st, _) = srv.call("POST", &format!("/api/internal/jobs/{job}/cancel"), None);
+    assert_eq!(st, 200);
+    srv.wait_status(&job, &["cancelled"], 5);
+}
