@@ -191,8 +191,19 @@ fn exec_detach_with_pid_file() {
         .trim()
         .parse()
         .unwrap();
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(cmdline.starts_with("sleep\u{0}500"), "{cmdline:?}");
+    // The pid is the exec'd process itself (it may still be between fork and execve for a moment).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        if cmdline.starts_with("sleep\u{0}500") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--pid-file names {pid}: {cmdline:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let ps: Vec<i64> =
         serde_json::from_str(rt.ok(&["ps", "--format", "json", "ed"]).stdout.trim()).unwrap();
     assert!(ps.contains(&pid), "{ps:?} lacks exec'd {pid}");
