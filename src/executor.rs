@@ -88,16 +88,19 @@ pub struct ExecDir {
 }
 
 impl ExecDir {
+    /// Creates `base/jobcell-<execution id>` with mode 0700. `base` must exist (a runtime or
+    /// temp directory); the name is unpredictable before the claim and `mkdir` never follows
+    /// a planted symlink, so the directory is always our own.
     pub fn create(base: &Path, execution_id: &str) -> Result<ExecDir, ExecutorError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ExecutorError::Io { path, source }
-        };
-        std::fs::create_dir_all(base).map_err(io(base))?;
-        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700)).map_err(io(base))?;
-        let dir = base.join(execution_id);
-        std::fs::create_dir(&dir).map_err(io(&dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = base.join(format!("jobcell-{execution_id}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| ExecutorError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         Ok(ExecDir {
             socket: dir.join("api.sock"),
             script: dir.join("script"),
@@ -105,6 +108,27 @@ impl ExecDir {
             dir,
         })
     }
+}
+
+/// Where per-execution directories go: `$XDG_RUNTIME_DIR` when it is set and private,
+/// otherwise the system temp directory. Short paths keep the socket under the 108-byte limit
+/// of Unix socket addresses.
+pub fn runtime_base() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        let d = PathBuf::from(d);
+        let private = std::fs::metadata(&d)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                m.is_dir() && m.uid() == me && m.permissions().mode() & 0o077 == 0
+            })
+            .unwrap_or(false);
+        if private {
+            return d;
+        }
+    }
+    std::env::temp_dir()
 }
 
 fn interpreter(kind: &str) -> Option<&'static str> {
@@ -291,7 +315,7 @@ pub fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, ExecutorError> {
     let exe = std::env::current_exe().map_err(ExecutorError::CurrentExe)?;
     let orch = orchestrator_id();
-    let run_dir = state.config.state_dir.join("run");
+    let run_dir = runtime_base();
     tracing::info!(orchestrator = %orch, max_jobs, "local executor started");
     Ok(tokio::spawn(executor_loop(
         state,
@@ -488,7 +512,9 @@ impl JobCtx {
             .sandboxes_running
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _running = RunningGuard(state.clone());
-        let (tx, rx) = mpsc::channel(1024);
+        // At most 256 pending lines of at most 16 KiB each: a chatty job waits on its pipe
+        // instead of growing memory or losing lines.
+        let (tx, rx) = mpsc::channel(256);
         let writer = tokio::spawn(write_logs(state.clone(), exec.to_string(), rx));
         let out = child
             .stdout

@@ -133,7 +133,10 @@ jobcell ctl log "via api"
 echo "to stderr" >&2
 if jobcell ctl var get missing; then echo "missing was set"; exit 3; fi
 test "$JOBCELL_API" = unix:/run/jobcell/api.sock
-jobcell ctl condition true
+fresh=$(jobcell ctl token refresh)
+test -n "$fresh"
+JOBCELL_TOKEN=$fresh jobcell ctl condition true
+if JOBCELL_TOKEN=forged jobcell ctl condition false 2>/dev/null; then echo "forged token accepted"; exit 4; fi
 jobcell ctl output "{\"greeting\": \"$v\", \"input\": $(jobcell ctl input)}"
 i=0; while [ $i -lt 200 ]; do echo "line $i"; i=$((i+1)); done
 "#;

@@ -164,6 +164,19 @@ async fn bodies_malformed_oversized_and_invalid() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         err_code(&r);
     }
+    // Refused bodies are audited.
+    let a = s
+        .o("o1", "GET", "/api/internal/audit?limit=1000", None)
+        .await;
+    let ev = a.body["events"].as_array().unwrap();
+    let n = |r: &str| {
+        ev.iter()
+            .filter(|e| e["result"] == r && e["actor"] == "orchestrator:o1")
+            .count()
+    };
+    assert_eq!(n("denied:invalid_json"), 2, "{ev:?}");
+    assert_eq!(n("denied:invalid_job"), 11);
+    assert_eq!(n("denied:payload_too_large"), 2);
     // Unknown route and method: JSON errors too.
     let r = s.o("o1", "GET", "/api/internal/nope", None).await;
     assert_eq!(

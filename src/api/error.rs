@@ -7,6 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use crate::store::StoreError;
 
 /// Largest JSON body accepted.
@@ -115,34 +116,55 @@ impl From<StoreError> for ApiError {
 /// JSON request body limited to [`MAX_JSON_BODY`] bytes.
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body too large",
-            )
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        // Credentials were checked by the extractors before this one; name the caller for
+        // the audit row of a refused body.
+        let actor = match req
+            .headers()
+            .get("x-orchestrator-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(o) => format!("orchestrator:{o}"),
+            None => "execution-token".to_string(),
         };
-        if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-            let len: usize = len
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| ApiError::bad_request("invalid_request", "invalid request"))?;
-            if len > MAX_JSON_BODY {
-                return Err(too_large());
+        let target = format!("{} {}", req.method(), req.uri().path());
+        match read_json(req).await {
+            Ok(v) => Ok(JsonBody(v)),
+            Err(e) => {
+                state.audit_denied(&actor, None, &target, e.code).await;
+                Err(e)
             }
         }
-        let bytes: Bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
-            .await
-            // The only failure a client can cause here is exceeding the limit (a client that
-            // disconnects mid-body never reads the answer).
-            .map_err(|e| too_large().detail(e.to_string()))?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            ApiError::bad_request("invalid_json", "malformed JSON body").detail(e.to_string())
-        })
     }
+}
+
+async fn read_json<T: DeserializeOwned>(req: Request) -> Result<T, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body too large",
+        )
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: usize = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("invalid_request", "invalid request"))?;
+        if len > MAX_JSON_BODY {
+            return Err(too_large());
+        }
+    }
+    let bytes: Bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
+        .await
+        // The only failure a client can cause here is exceeding the limit (a client that
+        // disconnects mid-body never reads the answer).
+        .map_err(|e| too_large().detail(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", "malformed JSON body").detail(e.to_string())
+    })
 }

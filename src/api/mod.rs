@@ -1,6 +1,30 @@
 //! The embedded API server behind `jobcell serve`: shared [`AppState`], the axum router
 //! (orchestrator, runtime, logs, health, metrics; cache routes merge in at [`router`]), the
 //! background lease sweeper, graceful shutdown, and `serve_main`.
+//!
+//! Extensions beyond the contract in API.md (all additive):
+//! - `POST /api/internal/jobs` rejects unknown fields (400); `leaseSeconds` defaults to 60 and
+//!   heartbeats renew by the claim's lease length.
+//! - `PUT .../status` accepts only `running`; terminal states go through `complete`. From
+//!   `claimed`, only `failed` may complete (the job never started).
+//! - `cancel` may be sent by any orchestrator (a dispatcher cancels jobs it did not claim);
+//!   cancelling a cancelled job is 200, a finished one 409.
+//! - `release` marks the execution `released` (an execution status beside the job states).
+//! - `GET /api/internal/jobs/{id}` returns `jobId, userId, status, priority, createdAt,
+//!   updatedAt, scheduledFor, orchestratorId, executionId, lease, job, executions[]` with
+//!   `executionId, orchestratorId, status, exitCode, outcome, output, condition, createdAt,
+//!   startedAt, finishedAt, error` per execution.
+//! - `GET /api/internal/audit?since=` takes an event id or an RFC 3339 time; `limit` 1-1000
+//!   (default 100); answers `{"events": [{id, time, actor, userId, action, target, result}]}`.
+//! - `GET /api/logs/{id}?after=SEQ&limit=N` pages; the answer carries the execution `status`.
+//!   The WebSocket accepts the orchestrator key without `X-Orchestrator-ID`.
+//! - `GET /api/runtime/executions/{id}/context` also returns `orchestratorId, cacheScope,
+//!   scope, tokenExpiresAt, leaseExpiresAt`; `jobcell ctl context` prints it.
+//! - Variable keys `[A-Za-z0-9._/:-]{1,256}`, values up to 64 KiB; log lines up to 16 KiB
+//!   (longer output lines are split by the executor), 10 000 lines per request.
+//! - `jobcell serve --max-jobs N` (local executor parallelism, default 2); the JWT issuer comes
+//!   from `JOBCELL_JWT_ISSUER` or `jwt_issuer` in `--config`.
+//! - `/healthz` and `/metrics` need no credentials.
 
 pub mod auth;
 pub mod error;
@@ -363,6 +387,9 @@ pub fn spawn_sweeper(state: AppState, every: Duration) -> tokio::task::JoinHandl
             if let Err(e) = state.sweep().await {
                 tracing::error!(?e, "lease sweep failed");
             }
+            if let Err(e) = state.db(|s| s.maintenance()).await {
+                tracing::warn!(?e, "store maintenance failed");
+            }
         }
     })
 }
@@ -388,17 +415,32 @@ pub fn open_state(
     config: Option<&std::path::Path>,
     insecure_no_cache_auth: bool,
 ) -> Result<AppState, ServeError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(state_dir).map_err(|source| ServeError::StateDir {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let sd = |source| ServeError::StateDir {
         path: state_dir.to_path_buf(),
         source,
-    })?;
-    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
-        |source| ServeError::StateDir {
-            path: state_dir.to_path_buf(),
-            source,
-        },
-    )?;
+    };
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(sd)?;
+    }
+    let mode = std::fs::metadata(state_dir)
+        .map_err(sd)?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        // Fail closed: others could swap the database or the secrets under us.
+        return Err(sd(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("writable by group or others (mode {:o})", mode & 0o777),
+        )));
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %state_dir.display(), "state directory is readable by others; secrets stay 0600 in secrets/ (0700)");
+    }
     let secrets = Secrets::load(state_dir, config)?;
     for (name, s) in secrets.metadata() {
         tracing::info!(secret = name, source = s.source.as_str(), fingerprint = %s.fingerprint(), "secret loaded");
@@ -473,9 +515,24 @@ pub fn serve_main(args: ServeArgs) -> Result<(), ServeError> {
             ExecutorMode::None => None,
         };
         let app = router(state.clone());
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        // On SIGTERM/SIGINT: stop accepting, stop the executor (it releases the jobs it still
+        // runs), let open requests finish; connections still open after 10 s (e.g. log
+        // WebSockets) are dropped.
+        let (sig_tx, mut sig_rx) = tokio::sync::watch::channel(false);
+        let stop_exec = stop_tx.clone();
+        let graceful = async move {
+            shutdown_signal().await;
+            let _ = stop_exec.send(true);
+            let _ = sig_tx.send(true);
+        };
+        let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        tokio::select! {
+            r = std::future::IntoFuture::into_future(server) => r?,
+            _ = async {
+                let _ = sig_rx.wait_for(|v| *v).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            } => tracing::warn!("connections still open 10 s after the shutdown signal; closing"),
+        }
         let _ = stop_tx.send(true);
         if let Some(ex) = executor {
             let _ = tokio::time::timeout(Duration::from_secs(20), ex).await;

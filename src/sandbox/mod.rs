@@ -159,6 +159,37 @@ pub fn userns_unavailable_reason() -> Option<String> {
     None
 }
 
+/// clone3 with `flags` plus CLONE_PIDFD, into `cgroup` when given. Returns the child's pid and pidfd in the
+/// parent, and `(0, None)` in the child, which runs on a copy of the caller's stack like after fork.
+fn clone3(flags: u64, cgroup: Option<&Cgroup>) -> Result<(i32, Option<OwnedFd>), Errno> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(c) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = c.dir_fd() as u64;
+    }
+    // SAFETY: clone3 with a fully initialised clone_args of the size we pass; stack 0 means the child runs on
+    // a copy of our stack, like fork. Callers are single-threaded, so the child may run Rust code.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match pid {
+        p if p < 0 => Err(Errno::last()),
+        0 => Ok((0, None)),
+        // SAFETY: clone3 with CLONE_PIDFD stored a new pidfd that we now own.
+        p => Ok((p as i32, Some(unsafe { OwnedFd::from_raw_fd(pidfd) }))),
+    }
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))
 }
@@ -411,6 +442,48 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         flags |= CloneFlags::CLONE_NEWUSER;
     }
     let new_userns = flags.contains(CloneFlags::CLONE_NEWUSER);
+    let private_uts = flags.contains(CloneFlags::CLONE_NEWUTS)
+        || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
+    let has = |f: CloneFlags| flags.contains(f) || join.iter().any(|(j, _)| *j == f);
+    for key in linux
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flat_map(|m| m.keys())
+    {
+        let needs = if key.starts_with("net.") {
+            CloneFlags::CLONE_NEWNET
+        } else if key.starts_with("fs.mqueue.")
+            || [
+                "kernel.msgmax",
+                "kernel.msgmnb",
+                "kernel.msgmni",
+                "kernel.sem",
+                "kernel.shmall",
+                "kernel.shmmax",
+                "kernel.shmmni",
+                "kernel.shm_rmid_forced",
+            ]
+            .contains(&key.as_str())
+        {
+            CloneFlags::CLONE_NEWIPC
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            CloneFlags::CLONE_NEWUTS
+        } else {
+            return Err(LaunchError::Spec(format!(
+                "linux.sysctl {key:?} is not namespaced: it would change the host"
+            )));
+        };
+        if !has(needs) {
+            return Err(LaunchError::Spec(format!(
+                "linux.sysctl {key:?} needs its own namespace ({needs:?}) in linux.namespaces"
+            )));
+        }
+    }
+    if !private_uts && (spec.hostname().is_some() || spec.domainname().is_some()) {
+        return Err(LaunchError::Spec(
+            "hostname/domainname need a private UTS namespace: add {\"type\": \"uts\"} to linux.namespaces".into(),
+        ));
+    }
     let user = process.user();
     let (map, warning) = id_map(spec, user.uid(), user.gid());
     if let (Some(w), true) = (warning, new_userns) {
@@ -469,54 +542,34 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(sys("signalfd"))?;
 
-    let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
-        flags: flags.bits() as u64 | libc::CLONE_PIDFD as u64,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    if let Some(c) = &cg {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = c.dir_fd() as u64;
-    }
-    // SAFETY: clone3 with a fully initialised clone_args of the size we pass; stack 0 means the child runs on
-    // a copy of our stack, like fork. This process is single-threaded here, so the child may run Rust code.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid < 0 {
-        let e = Errno::last();
-        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&fwd), None);
-        if let Some(c) = cg {
-            c.remove();
-        }
-        return Err(match e {
-            Errno::EPERM | Errno::ENOSPC | Errno::EUSERS | Errno::EINVAL if new_userns => {
-                LaunchError::UserNamespaces(
-                    userns_unavailable_reason()
-                        .unwrap_or_else(|| format!("clone3 refused new namespaces: {e}")),
-                )
+    let cloned = clone3(flags.bits() as u64, cg.as_ref());
+    let (pid, pidfd) = match cloned {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&fwd), None);
+            if let Some(c) = cg {
+                c.remove();
             }
-            e => LaunchError::Sys {
-                what: "clone3",
-                errno: e,
-            },
-        });
-    }
-    if pid == 0 {
+            return Err(match e {
+                Errno::EPERM | Errno::ENOSPC | Errno::EUSERS | Errno::EINVAL if new_userns => {
+                    LaunchError::UserNamespaces(
+                        userns_unavailable_reason()
+                            .unwrap_or_else(|| format!("clone3 refused new namespaces: {e}")),
+                    )
+                }
+                e => LaunchError::Sys {
+                    what: "clone3",
+                    errno: e,
+                },
+            });
+        }
+    };
+    let Some(pidfd) = pidfd else {
         drop(sync_w);
         drop(status_r);
         drop(signals);
         child::init_main(&cfg, sync_r, status_w);
-    }
-    let pid = pid as i32;
-    // SAFETY: clone3 with CLONE_PIDFD stored a new, owned pidfd in `pidfd`.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    };
     drop(sync_r);
     drop(status_w);
 
@@ -808,40 +861,14 @@ pub fn exec_in(
         join_pidfd: Some((tfd.as_raw_fd(), ns - own)),
         ..cfg
     };
-    let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
-        flags: libc::CLONE_PIDFD as u64,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    if let Some(c) = &cg {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = c.dir_fd() as u64;
-    }
-    // SAFETY: as in `launch`: a complete clone_args, no new stack, single-threaded caller.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid < 0 {
-        return Err(LaunchError::Sys {
-            what: "clone3",
-            errno: Errno::last(),
-        });
-    }
-    if pid == 0 {
+    let (pid, pidfd) = clone3(0, cg.as_ref()).map_err(sys("clone3"))?;
+    let Some(pidfd) = pidfd else {
         drop(status_r);
         child::exec_main(&cfg, status_w);
-    }
+    };
     drop(status_w);
-    // SAFETY: clone3 with CLONE_PIDFD stored a new, owned pidfd in `pidfd`.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Sandbox {
-        pid: pid as i32,
+        pid,
         pidfd,
         status: std::fs::File::from(status_r),
         started: Instant::now(),

@@ -301,6 +301,10 @@ pub trait Store: Send + Sync + 'static {
     fn list_audit(&self, since: AuditSince, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
     /// Number of jobs per status.
     fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Periodic housekeeping (the SQLite store checkpoints its WAL here).
+    fn maintenance(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Records where a secret came from (never its value).
     fn record_secret(
         &self,

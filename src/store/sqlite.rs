@@ -74,11 +74,16 @@ CREATE TABLE secrets_meta (
 );
 "#];
 
-/// The SQLite store. One connection behind a mutex: SQLite serializes writers anyway and
-/// every statement here is a short indexed lookup.
+/// The SQLite store: one writer connection behind a mutex (SQLite serializes writers
+/// anyway) and a small pool of read-only connections, which WAL lets run beside the writer.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
 }
+
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
 
 const JOB_COLS: &str = "id, user_id, spec, status, priority, scheduled_for, created_at, \
                         updated_at, orchestrator_id, execution_id, lease_expires_at";
@@ -219,8 +224,13 @@ impl SqliteStore {
         // WAL + NORMAL: a committed transaction survives a crash of the process (kill -9);
         // only an OS crash or power loss may lose the last commits.
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        // Checkpoints run from `maintenance` (the server's sweeper, once a second) on a reader
+        // connection, not inside request commits, which keeps the fsync off the request path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let mut store = SqliteStore {
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
         };
         store.migrate()?;
         Ok(store)
@@ -251,6 +261,33 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         f(&mut conn)
+    }
+
+    /// Runs a read on a pooled read-only connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().map_err(|_| StoreError::Poisoned)?.pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(5))?;
+                c
+            }
+        };
+        let out = f(&conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < MAX_IDLE_READERS {
+                pool.push(conn);
+            }
+        }
+        out
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing only on success.
@@ -315,6 +352,13 @@ fn cache_scope(spec: &Value, user_id: &str) -> String {
 }
 
 impl Store for SqliteStore {
+    fn maintenance(&self) -> Result<(), StoreError> {
+        let c = Connection::open(&self.path)?;
+        c.busy_timeout(std::time::Duration::from_millis(100))?;
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn create_job(&self, job: &NewJob) -> Result<(), StoreError> {
         self.tx(|tx| {
             tx.execute(
@@ -546,7 +590,7 @@ impl Store for SqliteStore {
     }
 
     fn get_job(&self, job_id: &str) -> Result<Option<(JobRow, Vec<ExecutionRow>)>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let job = match load_job(conn, job_id) {
                 Ok(j) => j,
                 Err(StoreError::NotFound) => return Ok(None),
@@ -563,7 +607,7 @@ impl Store for SqliteStore {
     }
 
     fn get_execution(&self, execution_id: &str) -> Result<Option<ExecutionRow>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             Ok(conn
                 .query_row(
                     &format!("SELECT {EXEC_COLS} FROM executions WHERE id = ?1"),
@@ -575,7 +619,7 @@ impl Store for SqliteStore {
     }
 
     fn active_executions(&self, now: i64) -> Result<Vec<ActiveExecution>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut st = conn.prepare_cached(&format!(
                 "SELECT {JOB_COLS} FROM jobs WHERE status IN ('claimed', 'running') \
                  AND lease_expires_at > ?1"
@@ -627,7 +671,7 @@ impl Store for SqliteStore {
     }
 
     fn get_variable(&self, user_id: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             Ok(conn
                 .query_row(
                     "SELECT value FROM variables WHERE user_id = ?1 AND key = ?2",
@@ -694,7 +738,7 @@ impl Store for SqliteStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<LogLine>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut st = conn.prepare_cached(
                 "SELECT seq, stream, ts, line FROM logs WHERE execution_id = ?1 AND seq > ?2 \
                  ORDER BY seq LIMIT ?3",
@@ -731,7 +775,7 @@ impl Store for SqliteStore {
     }
 
     fn list_audit(&self, since: AuditSince, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let (sql, arg) = match since {
                 AuditSince::Id(id) => ("id > ?1", id),
                 AuditSince::Time(t) => ("ts >= ?1", t),
@@ -757,7 +801,7 @@ impl Store for SqliteStore {
     }
 
     fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut st =
                 conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
