@@ -560,3 +560,77 @@ fn container_dying_while_created_reports_stopped() {
     rt.ok(&["delete", "dc"]);
     assert!(rt.ids().is_empty());
 }
+
+#[test]
+fn run_foreground_passes_stdin() {
+    let rt = Rt::new();
+    let b = Bundle::sh("read line; echo got=$line; cat | wc -l");
+    b.write();
+    let o = run_cmd(
+        &mut rt.cmd(&["run", "in", "-b", b.path_str()]),
+        Some(b"first\nsecond\nthird\n"),
+    );
+    o.ok();
+    assert_eq!(o.stdout, "got=first\n2\n");
+}
+
+#[test]
+fn run_foreground_forwards_signals() {
+    // runc run (without --detach) forwards the signals it gets to the container process.
+    let rt = Rt::new();
+    let b = Bundle::sh(
+        "trap 'echo got-term; exit 7' TERM; echo up > /tmp/up; while :; do sleep 0.05; done",
+    );
+    b.write();
+    let mut cmd = rt.cmd(&["run", "sig", "-b", b.path_str()]);
+    let dir = tempfile::tempdir().unwrap();
+    cmd.stdout(std::fs::File::create(dir.path().join("out")).unwrap())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rt.try_status("sig").as_deref() != Some("running") {
+        assert!(std::time::Instant::now() < deadline, "never running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = rt.jc(&["delete", "--force", "sig"]);
+            panic!("SIGTERM to `jobcell run` did not reach the container");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(7), "{status:?}");
+    assert!(std::fs::read_to_string(dir.path().join("out"))
+        .unwrap()
+        .contains("got-term"));
+    assert!(rt.ids().is_empty(), "{:?}", rt.ids());
+}
+
+#[test]
+fn spec_without_rootless_runs_as_root() {
+    if !is_root() {
+        eprintln!("skipping: a non-rootless spec needs root");
+        return;
+    }
+    let rt = Rt::new();
+    let b = Bundle::new(&["true"]);
+    rt.ok(&["spec", "-b", b.path_str()]);
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.path().join("config.json")).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "echo root-spec-ok"]);
+    std::fs::write(
+        b.path().join("config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
+    let o = rt.jc(&["run", "rs", "-b", b.path_str()]);
+    o.ok();
+    assert_eq!(o.stdout.trim(), "root-spec-ok");
+}
