@@ -702,3 +702,57 @@ fn hostname_without_uts_namespace_is_refused() {
     );
     assert!(rt.ids().is_empty(), "{:?}", rt.ids());
 }
+
+#[test]
+fn setup_failure_after_joining_a_user_namespace_says_why() {
+    // A failure in the container child must reach stderr as one line, also on the path that joins an
+    // existing user namespace (a missing bind-mount source, here).
+    let rt = Rt::new();
+    let a = Bundle::sh("exec sleep 600");
+    a.write();
+    rt.create_start("a", &a);
+    let pid = rt.state("a")["pid"].as_i64().unwrap();
+    let mut b = Bundle::new(&["true"]);
+    b.config.as_object_mut().unwrap().remove("hostname");
+    b.linux()["namespaces"] = json!([
+        {"type": "user", "path": format!("/proc/{pid}/ns/user")},
+        {"type": "mount"},
+        {"type": "pid"}
+    ]);
+    b.linux().as_object_mut().unwrap().remove("uidMappings");
+    b.linux().as_object_mut().unwrap().remove("gidMappings");
+    b.add_mount(json!({"destination": "/data", "type": "bind", "source": "/no/such/source", "options": ["rbind"]}));
+    b.write();
+    let line = rt.jc(&["create", "b", "-b", b.path_str()]).fails_one_line();
+    assert!(
+        line.contains("/data") || line.contains("/no/such/source"),
+        "{line}"
+    );
+    assert_eq!(rt.ids(), vec!["a"]);
+    rt.ok(&["delete", "--force", "a"]);
+}
+
+#[test]
+fn unmapped_process_user_fails_create_with_a_message() {
+    // runc: "cannot set uid to unmapped user in user namespace" at create. A failure in the final process
+    // setup (setgroups/setuid/caps/seccomp) must not turn into a silent exit 125 after `start`.
+    let rt = Rt::new();
+    let mut b = Bundle::new(&["true"]);
+    b.process()["user"] = json!({"uid": 5000, "gid": 5000});
+    b.write();
+    let o = rt.jc(&["create", "u", "-b", b.path_str()]);
+    if o.status.success() {
+        let s = rt.jc(&["start", "u"]);
+        let _ = rt.jc(&["delete", "--force", "u"]);
+        panic!("create accepted an unmapped uid (start: {s:?})");
+    }
+    let line = o.fails_one_line();
+    assert!(
+        line.contains("5000") || line.contains("unmapped") || line.contains("map"),
+        "{line}"
+    );
+    assert!(rt.ids().is_empty(), "{:?}", rt.ids());
+    let o = b.run(&rt, "u2");
+    assert!(!o.status.success());
+    o.fails_one_line();
+}
