@@ -76,6 +76,9 @@ pub fn orchestrator_id() -> String {
 pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Secrets passed to `jobcell run` through its environment (`--env NAME` inherits them), never argv,
+    /// which every user of the host can read in /proc.
+    pub env: Vec<(String, String)>,
 }
 
 /// Host-side files of one execution, in a private 0700 directory.
@@ -178,7 +181,7 @@ pub fn build_launch(
         push("--env", format!("{k}={v}"));
     }
     push("--env", format!("JOBCELL_API=unix:{SANDBOX_SOCKET}"));
-    push("--env", format!("JOBCELL_TOKEN={token}"));
+    push("--env", "JOBCELL_TOKEN".to_string());
     push("--env", format!("JOBCELL_EXECUTION_ID={execution_id}"));
     push(
         "--env",
@@ -214,6 +217,7 @@ pub fn build_launch(
     Ok(Launch {
         program: exe.to_path_buf(),
         args: a,
+        env: vec![("JOBCELL_TOKEN".into(), token.to_string())],
     })
 }
 
@@ -498,6 +502,7 @@ impl JobCtx {
         }
         let mut child = cmd
             .args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -662,8 +667,13 @@ mod tests {
         }));
         let l = build_launch(Path::new("/bin/jobcell"), &s, &dirs, "ex_1", "tok").unwrap();
         let a = l.args.join(" ");
+        assert!(!a.contains("tok "), "the token never appears in argv: {a}");
+        assert_eq!(
+            l.env,
+            vec![("JOBCELL_TOKEN".to_string(), "tok".to_string())]
+        );
         assert!(a.starts_with("run --profile strict --cpus 0.5 --memory 256M --pids 50 --tmpfs-size 64M --net none --env A=b "), "{a}");
-        assert!(a.contains("--env JOBCELL_API=unix:/run/jobcell/api.sock --env JOBCELL_TOKEN=tok --env JOBCELL_EXECUTION_ID=ex_1 --env PATH=/run/jobcell/bin:"));
+        assert!(a.contains("--env JOBCELL_API=unix:/run/jobcell/api.sock --env JOBCELL_TOKEN --env JOBCELL_EXECUTION_ID=ex_1 --env PATH=/run/jobcell/bin:"));
         assert!(a.contains("--bind /r/ex/api.sock:/run/jobcell/api.sock:rw --bind /bin/jobcell:/run/jobcell/bin/jobcell --bind /r/ex/script:/run/jobcell/script "));
         assert!(
             a.ends_with("--timeout 30s --json /r/ex/outcome.json -- python3 /run/jobcell/script"),

@@ -170,7 +170,7 @@ struct RunArgs {
     /// Bind a host path: SRC:DST[:rw] (read-only unless :rw).
     #[arg(long = "bind", value_name = "SRC:DST[:rw]")]
     binds: Vec<String>,
-    /// Add K=V to the environment.
+    /// Add K=V to the environment (a bare K passes the value of K from jobcell's own environment).
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
     /// Working directory (a tmpfs; default /workspace).

@@ -523,10 +523,19 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
         ("LANG".into(), "C.UTF-8".into()),
     ];
     for kv in &req.env {
-        let (k, v) = kv.split_once('=').ok_or_else(|| ProfileError::Invalid {
-            field: format!("--env {kv}"),
-            message: "use K=V".into(),
-        })?;
+        // `K=V` sets a value; a bare `K` passes jobcell's own value (keeps secrets out of argv).
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k, v.to_string()),
+            None => match std::env::var(kv) {
+                Ok(v) => (kv.as_str(), v),
+                Err(_) => {
+                    return Err(ProfileError::Invalid {
+                        field: format!("--env {kv}"),
+                        message: "use K=V, or K alone to pass a variable set in jobcell's own environment (this one is not set)".into(),
+                    })
+                }
+            },
+        };
         if k.is_empty() || k.contains('\0') || v.contains('\0') {
             return Err(ProfileError::Invalid {
                 field: format!("--env {kv}"),
@@ -534,7 +543,7 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
             });
         }
         env.retain(|(ek, _)| ek != k);
-        env.push((k.to_string(), v.to_string()));
+        env.push((k.to_string(), v));
     }
 
     // Capabilities: none unless --cap-add.
@@ -795,7 +804,10 @@ mod tests {
                 "--bind",
             ),
             (&|r| r.binds = vec!["relative:/x".into()], "--bind"),
-            (&|r| r.env = vec!["NOEQUALS".into()], "--env"),
+            (
+                &|r| r.env = vec!["JOBCELL_SURELY_UNSET_VAR".into()],
+                "--env",
+            ),
             (&|r| r.cap_add = vec!["FLY".into()], "--cap-add"),
             (
                 &|r| r.rootfs = Some("/definitely/not/here".into()),
