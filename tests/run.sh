@@ -9,7 +9,8 @@
 # As a normal user: runs them as yourself; the no-subuid pass then runs as jctest-nosub only when sudo works without
 # a password, otherwise it is skipped with a note (CI runs as root and covers it).
 #
-# Environment: JOBCELL_TEST_VM=1 also runs tests/cgroup_limits.rs in the cgroup v2 VM (vagrant/cargo-test, slow),
+# Environment: JOBCELL_TEST_VM=1 runs tests/cgroup_limits.rs in the cgroup v2 VM (vagrant/cargo-test, slow; the
+#              default as root, 0 turns it off),
 #              JOBCELL_TEST_USER (default jctest), JOBCELL_TEST_USER_NOSUB (default jctest-nosub),
 #              JOBCELL_TEST_FILTER (passed to every test executable), CARGO (default cargo).
 set -euo pipefail
@@ -180,7 +181,9 @@ else
 fi
 
 # cgroup v2 limits need a host with delegated controllers; the throwaway VM of vagrant/ provides one (slow: qemu TCG).
-if [ "${JOBCELL_TEST_VM:-0}" = 1 ]; then
+# Default: on as root (CI; the harness installs qemu and builds the guest), off otherwise.
+if [ "$(id -u)" = 0 ]; then VM_DEFAULT=1; else VM_DEFAULT=0; fi
+if [ "${JOBCELL_TEST_VM:-$VM_DEFAULT}" = 1 ]; then
     if [ -x vagrant/cargo-test ]; then
         say "cgroup v2 tests in the VM: vagrant/cargo-test --release --test cgroup_limits"
         vagrant/cargo-test --release --test cgroup_limits || FAILED=1
