@@ -180,6 +180,20 @@ else
     fi
 fi
 
+# podman driving jobcell as its runtime (root, and rootless as the test user), when podman is installed.
+if command -v podman >/dev/null 2>&1; then
+    say "podman with --runtime jobcell"
+    if [ "$(id -u)" = 0 ]; then
+        JOBCELL_BIN=$JOBCELL sh tests/oci/podman.sh || FAILED=1
+        cp tests/oci/podman.sh "$STAGE/sub/podman.sh" && chmod 755 "$STAGE/sub/podman.sh"
+        runuser -l "$TEST_USER" -c "cd $STAGE/sub && JOBCELL_BIN=$STAGE/sub/jobcell sh ./podman.sh" || FAILED=1
+    else
+        JOBCELL_BIN=$JOBCELL sh tests/oci/podman.sh || FAILED=1
+    fi
+else
+    echo "note: podman not installed: the podman check is skipped (apt-get install --no-install-recommends podman)"
+fi
+
 # cgroup v2 limits need a host with delegated controllers; the throwaway VM of vagrant/ provides one (slow: qemu TCG).
 # Default: on as root (CI; the harness installs qemu and builds the guest), off otherwise.
 if [ "$(id -u)" = 0 ]; then VM_DEFAULT=1; else VM_DEFAULT=0; fi
