@@ -166,11 +166,18 @@ fn create_in(
     o: &CreateOpts,
 ) -> Result<sandbox::Sandbox, OciError> {
     c.save_spec(spec)?;
+    // 0622: the container process opens it for writing after switching to its own uid (through
+    // /proc/self/fd, so the 0700 state directory still keeps everyone else away).
     nix::unistd::mkfifo(
         &c.fifo_path(),
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::Mode::from_bits_truncate(0o622),
     )
     .map_err(|e| io("creating exec.fifo")(e.into()))?;
+    std::fs::set_permissions(
+        c.fifo_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o622),
+    )
+    .map_err(io("chmod exec.fifo"))?;
     let fifo = nix::fcntl::open(
         &c.fifo_path(),
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,

@@ -55,7 +55,13 @@ pub fn validate_id(id: &str) -> Result<(), StateError> {
 
 /// Default `--root`: `/run/jobcell` as root, `$XDG_RUNTIME_DIR/jobcell` rootless (or `/tmp/jobcell-<uid>`).
 pub fn default_root() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    // Root of the initial user namespace only: euid 0 inside a user namespace (rootless podman) is not.
+    let initial_ns = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    if nix::unistd::geteuid().is_root()
+        && (initial_ns || std::env::var_os("XDG_RUNTIME_DIR").is_none())
+    {
         return PathBuf::from("/run/jobcell");
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {

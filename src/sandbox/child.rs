@@ -102,8 +102,16 @@ pub struct ChildConfig {
 }
 
 /// Reports a failure on the status pipe and exits with `code`.
+/// Set once an OCI container reported ready: `create` no longer reads the status pipe, so failures from then
+/// on also go to the container's stderr (its log), where its manager can see them.
+static STATUS_UNREAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn fail(status: RawFd, code: i32, msg: &str) -> ! {
     let line = format!("E {code} {}\n", msg.replace('\n', " "));
+    if STATUS_UNREAD.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = std::io::stderr()
+            .write_all(format!("jobcell: {}", &line[2 + code.to_string().len()..]).as_bytes());
+    }
     // SAFETY: `status` is the write end of the status pipe, open for the life of this process.
     let mut f = std::mem::ManuallyDrop::new(unsafe {
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(status)
@@ -188,8 +196,12 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
                 attach_console(*sock).or_fail(st, &|| "setting up the console".into());
             }
             let prog = resolve_program(cfg).unwrap_or_else(|(code, m)| fail(st, code, &m));
+            // Everything that can fail is done before `create` returns (as runc does): identity,
+            // capabilities, and the seccomp filter when it is not the last step.
+            drop_privileges(cfg, st);
             // Ready: `create` may return. Block until `start` opens the FIFO for reading.
             let _ = nix::unistd::write(&status, b"R\n");
+            STATUS_UNREAD.store(true, std::sync::atomic::Ordering::Relaxed);
             let fifo_path = format!("/proc/self/fd/{fifo}");
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -203,7 +215,7 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
                 run_hook(h, state_json, None)
                     .or_fail(st, &|| format!("startContainer hook {}", h.path.display()));
             }
-            finalize_and_exec(cfg, st, Some(prog))
+            exec_final(cfg, st, Some(prog))
         }
     }
 }
@@ -229,7 +241,8 @@ pub fn exec_main(cfg: &ChildConfig, status: OwnedFd) -> ! {
         }
     }
     let prog = resolve_program(cfg).unwrap_or_else(|(code, m)| fail(st, code, &m));
-    finalize_and_exec(cfg, st, Some(prog))
+    drop_privileges(cfg, st);
+    exec_final(cfg, st, Some(prog))
 }
 
 /// `jobcell run`: block forwarded signals, fork the payload, reap until it ends.
@@ -251,7 +264,8 @@ fn supervise(cfg: &ChildConfig, st: RawFd) -> ! {
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             // A new session: no controlling terminal, so nothing can be injected into the caller's terminal.
             nix::unistd::setsid().or_fail(st, &|| "setsid".into());
-            finalize_and_exec(cfg, st, None)
+            drop_privileges(cfg, st);
+            exec_final(cfg, st, None)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(st, 125, &format!("fork: {e}")),
@@ -296,8 +310,10 @@ fn finish(status: RawFd, code: i32, sig: i32) -> ! {
     }
 }
 
-/// The container process's last steps: identity, capabilities, no_new_privs, seccomp (last), exec.
-fn finalize_and_exec(cfg: &ChildConfig, st: RawFd, prog: Option<CString>) -> ! {
+/// Everything before exec that takes privileges away: default signal dispositions, umask, working
+/// directory, close-on-exec for inherited descriptors, identity and capability sets, and no_new_privs.
+/// Without no_new_privs the seccomp filter must be loaded here, while CAP_SYS_ADMIN is still held.
+fn drop_privileges(cfg: &ChildConfig, st: RawFd) {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     for s in [
         Signal::SIGPIPE,
@@ -320,15 +336,26 @@ fn finalize_and_exec(cfg: &ChildConfig, st: RawFd, prog: Option<CString>) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-
-    set_identity_and_caps(&cfg.ids, &cfg.caps).or_fail(st, &|| "dropping privileges".into());
+    if let (Some(filter), false) = (&cfg.seccomp, cfg.no_new_privs) {
+        crate::seccomp::install(filter).or_fail(st, &|| "loading the seccomp filter".into());
+    }
+    set_identity_and_caps(&cfg.ids, &cfg.caps).or_fail(st, &|| {
+        format!(
+            "switching to uid {} gid {} (is it mapped in the user namespace?)",
+            cfg.ids.uid, cfg.ids.gid
+        )
+    });
     if cfg.no_new_privs {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             fail(st, 125, "prctl(PR_SET_NO_NEW_PRIVS) failed");
         }
     }
-    if let Some(filter) = &cfg.seccomp {
+}
+
+/// The last steps: the seccomp filter (when no_new_privs allows loading it unprivileged), then exec.
+fn exec_final(cfg: &ChildConfig, st: RawFd, prog: Option<CString>) -> ! {
+    if let (Some(filter), true) = (&cfg.seccomp, cfg.no_new_privs) {
         crate::seccomp::install(filter).or_fail(st, &|| "loading the seccomp filter".into());
     }
     match prog {
@@ -357,7 +384,8 @@ fn set_identity_and_caps(ids: &Identity, sets: &CapSets) -> Result<(), Errno> {
     }
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
-    if ids.setgroups_allowed {
+    let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    if ids.setgroups_allowed && !denied {
         let g: Vec<nix::unistd::Gid> = ids
             .additional_gids
             .iter()

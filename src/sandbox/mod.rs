@@ -141,19 +141,22 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<nix::sys::resource::Resource> {
 /// Checks that this host lets an unprivileged user create user namespaces; names the knob when not.
 pub fn userns_unavailable_reason() -> Option<String> {
     let read = |p: &str| {
-        std::fs::read_to_string(p)
+        std::fs::read_to_string(format!("/proc/sys/{p}"))
             .ok()
             .map(|s| s.trim().to_string())
     };
-    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
-        && !nix::unistd::geteuid().is_root()
-    {
+    userns_reason(read, nix::unistd::geteuid().is_root())
+}
+
+/// The decision behind [`userns_unavailable_reason`], over a sysctl reader (unit-testable).
+fn userns_reason(read: impl Fn(&str) -> Option<String>, root: bool) -> Option<String> {
+    if read("kernel/unprivileged_userns_clone").as_deref() == Some("0") && !root {
         return Some("sysctl kernel.unprivileged_userns_clone=0 (set it to 1)".into());
     }
-    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+    if read("user/max_user_namespaces").as_deref() == Some("0") {
         return Some("sysctl user.max_user_namespaces=0 (set it above 0)".into());
     }
-    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+    if read("kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") && !root {
         return Some("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)".into());
     }
     None
@@ -895,5 +898,39 @@ impl Drop for Sandbox {
             let _ = self.reap();
             c.remove();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userns_reason_names_the_knob() {
+        let host = |vals: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vals.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            userns_reason(host(&[("kernel/unprivileged_userns_clone", "1")]), false),
+            None
+        );
+        let r = userns_reason(host(&[("kernel/unprivileged_userns_clone", "0")]), false).unwrap();
+        assert!(r.contains("kernel.unprivileged_userns_clone=0"), "{r}");
+        assert_eq!(
+            userns_reason(host(&[("kernel/unprivileged_userns_clone", "0")]), true),
+            None
+        );
+        let r = userns_reason(host(&[("user/max_user_namespaces", "0")]), true).unwrap();
+        assert!(r.contains("user.max_user_namespaces=0"), "{r}");
+        let r = userns_reason(
+            host(&[("kernel/apparmor_restrict_unprivileged_userns", "1")]),
+            false,
+        )
+        .unwrap();
+        assert!(r.contains("AppArmor"), "{r}");
     }
 }

@@ -140,6 +140,14 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
         .is_some_and(|v| v == ROOT_HOST_SYSTEM);
     let mut ops = Vec::new();
     let mut system_binds = Vec::new();
+    let own_cgroupns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
+        });
 
     if host_system {
         // The host-system view: /usr etc. come from the spec's bind mounts; merged-/usr symlinks are recreated.
@@ -198,6 +206,22 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
                     typ: other.to_string(),
                 })
             }
+        }
+        if typ == "cgroup2" && !own_cgroupns {
+            // Without a cgroup namespace a fresh cgroup2 mount is refused in a user namespace; show the
+            // host's hierarchy read-only instead (as runc does).
+            ops.push(Op::Bind {
+                src: PathBuf::from("/sys/fs/cgroup"),
+                dst,
+                recursive: true,
+                flags: Flags {
+                    readonly: true,
+                    nosuid: true,
+                    nodev: true,
+                    noexec: true,
+                },
+            });
+            continue;
         }
         let is_dev = typ == "tmpfs" && dst == Path::new("/dev");
         ops.push(Op::Mount {

@@ -1,0 +1,117 @@
+//! Network isolation: own namespace with only lo (up); host loopback services and abstract sockets unreachable.
+
+mod sandbox_common;
+use sandbox_common::*;
+use std::os::linux::net::SocketAddrExt;
+use std::time::Duration;
+
+#[test]
+fn only_lo_exists_and_is_up() {
+    let o = probe(&["ifaces"]);
+    assert_code(&o, 0);
+    let ifaces: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("iface="))
+        .collect();
+    assert_eq!(ifaces, vec!["iface=lo up=1 loopback=1"], "{o:#?}");
+}
+
+#[test]
+fn only_lo_exists_and_is_up_without_seccomp() {
+    // the same, independent of the seccomp filter (SIOCGIFFLAGS is an ioctl)
+    let o = probe_with(&["--seccomp", "unconfined"], &["ifaces"]);
+    assert_code(&o, 0);
+    let ifaces: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("iface="))
+        .collect();
+    assert_eq!(ifaces, vec!["iface=lo up=1 loopback=1"], "{o:#?}");
+}
+
+#[test]
+fn loopback_works_inside() {
+    // a server and a client inside the sandbox can talk over lo
+    let o = sh(
+        "command -v python3 >/dev/null || { echo pong; exit 0; }; python3 -c '
+import socket, threading
+s = socket.socket(); s.bind((\"127.0.0.1\", 0)); s.listen(1)
+def serve():
+    c, _ = s.accept(); c.sendall(b\"pong\"); c.close()
+threading.Thread(target=serve).start()
+c = socket.create_connection(s.getsockname()); print(c.recv(4).decode())
+'",
+    );
+    assert_code(&o, 0);
+    assert_eq!(o.stdout.trim(), "pong", "{o:#?}");
+}
+
+#[test]
+fn host_tcp_on_loopback_is_unreachable() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    let o = probe(&["tcp", &port]);
+    assert_code(&o, 0);
+    assert_eq!(
+        o.get("tcp"),
+        "ECONNREFUSED",
+        "host 127.0.0.1:{port} must not be reachable"
+    );
+    assert!(
+        ["ENETUNREACH", "EHOSTUNREACH"].contains(&o.get("tcp_outside")),
+        "outside world reachable: {}",
+        o.get("tcp_outside")
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        l.accept().is_err(),
+        "the host listener got a connection from inside"
+    );
+}
+
+#[test]
+fn host_abstract_unix_socket_is_unreachable() {
+    let name = unique("abstract");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let l = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    l.set_nonblocking(true).unwrap();
+    // sanity: reachable from the host
+    std::os::unix::net::UnixStream::connect_addr(&addr)
+        .expect("abstract socket reachable on the host");
+    let _ = l.accept();
+    let o = probe(&["unix", &name]);
+    assert_code(&o, 0);
+    assert_eq!(
+        o.get("unix"),
+        "ECONNREFUSED",
+        "host abstract socket reachable from inside"
+    );
+    assert!(
+        l.accept().is_err(),
+        "the host abstract listener got a connection from inside"
+    );
+}
+
+#[test]
+fn host_unix_socket_files_are_not_visible() {
+    // the usual host sockets (docker, dbus, systemd) are absent since /run and /var are not mounted
+    let o = sh("for s in /run/docker.sock /var/run/docker.sock /run/dbus/system_bus_socket /run/systemd/private /tmp/.X11-unix; do test -e $s && echo $s; done; true");
+    assert_code(&o, 0);
+    assert_eq!(o.stdout, "");
+}
+
+#[test]
+fn sandboxes_do_not_share_loopback() {
+    // a listener in one sandbox is not reachable from another
+    let bind = probe_bind();
+    let a = command(&["run", "--bind", &bind, "--", "sh", "-c", "command -v python3 >/dev/null || exec sleep 3; exec python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", 47811)); s.listen(5); time.sleep(3)'"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let o = probe(&["tcp", "47811"]);
+    assert_code(&o, 0);
+    assert_eq!(o.get("tcp"), "ECONNREFUSED");
+    let _ = finish(a, Duration::from_secs(10));
+}
