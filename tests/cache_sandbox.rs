@@ -27,7 +27,8 @@ impl Drop for Server {
 }
 
 fn start(state: &Path) -> Server {
-    let bin = env!("CARGO_BIN_EXE_jobcell");
+    let bin = std::env::var("JOBCELL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_jobcell").into());
+    let bin = bin.as_str();
     // SAFETY: geteuid has no preconditions.
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
         let user = std::env::var("JOBCELL_TEST_USER").unwrap_or_else(|_| "jc".into());
