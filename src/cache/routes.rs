@@ -105,8 +105,8 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
         .get("x-cache-token")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .or_else(|| bearer(headers))
         .filter(|t| !t.is_empty())
+        .or_else(|| bearer(headers).filter(|t| !t.is_empty()))
 }
 
 impl FromRequestParts<AppState> for CacheCaller {
