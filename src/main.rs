@@ -156,13 +156,13 @@ struct RunArgs {
     #[arg(long)]
     user: Option<String>,
     /// Fractional CPUs, e.g. 0.5.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     cpus: Option<String>,
     /// Memory limit, e.g. 512M.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     memory: Option<String>,
     /// Maximum number of processes.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pids: Option<String>,
     /// Size of /tmp and the workdir tmpfs, e.g. 100M.
     #[arg(long = "tmpfs-size")]
@@ -294,15 +294,32 @@ fn finish_run(
     json: Option<&str>,
     timeout: Option<&str>,
 ) -> ExitCode {
-    // Open the outcome file before anything starts, so a bad path changes nothing.
-    let mut json_out: Option<Box<dyn Write>> = match json {
-        None => None,
-        Some("-") => Some(Box::new(std::io::stdout())),
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Some(Box::new(f)),
-            Err(e) => return fail(format!("--json {p}: {e}")),
-        },
-    };
+    // Check the outcome path before anything starts, but create the file only at the end: bad input that
+    // is noticed later (e.g. a seccomp profile refused by --strict) must leave nothing behind.
+    if let Some(p) = json.filter(|p| *p != "-") {
+        let path = std::path::Path::new(p);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let ok = if path.exists() {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(|_| ())
+        } else if path.is_dir() || !dir.is_dir() {
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        } else {
+            nix::unistd::access(
+                dir,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .map_err(std::io::Error::from)
+        };
+        if let Err(e) = ok {
+            return fail(format!("--json {p}: {e}: give a writable file path or -"));
+        }
+    }
     let outcome =
         match sandbox::launch(spec, opts, sandbox::Mode::Supervised).and_then(|s| s.wait()) {
             Ok(o) => o,
@@ -317,10 +334,20 @@ fn finish_run(
             timeout.unwrap_or("the profile's timeout")
         );
     }
-    if let Some(out) = json_out.as_mut() {
-        let _ = serde_json::to_writer(&mut *out, &outcome);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
+    let written = match json {
+        None => Ok(()),
+        Some("-") => writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string(&outcome).unwrap_or_default()
+        ),
+        Some(p) => std::fs::write(
+            p,
+            serde_json::to_string(&outcome).unwrap_or_default() + "\n",
+        ),
+    };
+    if let Err(e) = written {
+        eprintln!("jobcell: --json: writing the outcome: {e}");
     }
     ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)
 }
@@ -393,7 +420,29 @@ fn parse_ids(s: &str) -> Result<(u32, u32), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors are failures before any command ran: one line, exit 125 (the run contract), not clap's 2.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("jobcell: {first} (see jobcell --help)");
+            return ExitCode::from(125);
+        }
+    };
     if let Some(p) = &cli.log {
         let _ = LOG.set((p.clone(), cli.log_format == "json"));
     }
