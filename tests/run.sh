@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of jobcell (README and CI call it).
 #
-#   tests/run.sh            build (release), run the unit tests, then the sandbox integration tests
+#   tests/run.sh            build (debug), run the unit tests, then the sandbox integration tests
 #                           as an unprivileged user: once with a /etc/subuid range, once without
 #
 # As root (CI on a fresh Debian 12): creates the users jctest (with subuid/subgid ranges) and jctest-nosub (without)
@@ -25,13 +25,13 @@ FAILED=0
 
 say() { printf '\n==> %s\n' "$*"; }
 
-say "build: cargo build --release --bins"
-"$CARGO" build --release --bins
+say "build: cargo build --bins"
+"$CARGO" build --bins
 
-say "build test executables: cargo test --release --no-run"
+say "build test executables: cargo test --no-run"
 MSGS=$(mktemp)
 trap 'rm -f "$MSGS"' EXIT
-"$CARGO" test --release --no-run --message-format=json >"$MSGS"
+"$CARGO" test --no-run --message-format=json >"$MSGS"
 
 # Test executables: "name<TAB>path" for unit tests (lib, bins) and sandbox_* integration tests.
 mapfile -t EXES < <(python3 - "$MSGS" <<'EOF' 2>/dev/null || true
@@ -64,7 +64,7 @@ for e in "${EXES[@]}"; do
     fi
 done
 [ "${#SANDBOX[@]}" -gt 0 ] || { echo "tests/run.sh: no integration test executables found" >&2; exit 1; }
-JOBCELL=$ROOT/target/release/jobcell
+JOBCELL=$ROOT/target/debug/jobcell
 
 say "unit tests"
 for e in "${UNIT[@]}"; do
@@ -199,8 +199,8 @@ fi
 if [ "$(id -u)" = 0 ]; then VM_DEFAULT=1; else VM_DEFAULT=0; fi
 if [ "${JOBCELL_TEST_VM:-$VM_DEFAULT}" = 1 ]; then
     if [ -x vagrant/cargo-test ]; then
-        say "cgroup v2 tests in the VM: vagrant/cargo-test --release --test cgroup_limits"
-        vagrant/cargo-test --release --test cgroup_limits || FAILED=1
+        say "cgroup v2 tests in the VM: vagrant/cargo-test --test cgroup_limits"
+        vagrant/cargo-test --test cgroup_limits || FAILED=1
     else
         echo "note: JOBCELL_TEST_VM=1 but vagrant/cargo-test is missing"
     fi
