@@ -403,21 +403,34 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
             unit("cpus", units::parse_cpus(&c.to_string()))?
         }
     };
-    let memory = unit(
+    // A size from the flag or else the profile, with a lower bound the kernel needs.
+    let size = |flag: &str,
+                field: &str,
+                from_flag: &Option<String>,
+                from_profile: &Option<String>,
+                min: u64,
+                min_text: &str| {
+        let text = from_flag
+            .as_deref()
+            .or(from_profile.as_deref())
+            .ok_or_else(|| missing(field))?;
+        let v = unit(flag, units::parse_size(text))?;
+        if v < min {
+            return Err(ProfileError::Invalid {
+                field: flag.into(),
+                message: format!("{v} bytes is below the minimum of {min_text}"),
+            });
+        }
+        Ok(v)
+    };
+    let memory = size(
         "--memory",
-        units::parse_size(
-            req.memory
-                .as_deref()
-                .or(p.memory.as_deref())
-                .ok_or_else(|| missing("memory"))?,
-        ),
+        "memory",
+        &req.memory,
+        &p.memory,
+        4 << 20,
+        "4M a process needs",
     )?;
-    if memory < (4 << 20) {
-        return Err(ProfileError::Invalid {
-            field: "--memory".into(),
-            message: format!("{memory} bytes is below the 4M minimum a process needs"),
-        });
-    }
     let pids: i64 = match &req.pids {
         Some(s) => s.parse().map_err(|_| ProfileError::Invalid {
             field: "--pids".into(),
@@ -431,21 +444,14 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
             message: "must be at least 1".into(),
         });
     }
-    let tmpfs = unit(
+    let tmpfs = size(
         "--tmpfs-size",
-        units::parse_size(
-            req.tmpfs_size
-                .as_deref()
-                .or(p.tmpfs_size.as_deref())
-                .ok_or_else(|| missing("tmpfs_size"))?,
-        ),
+        "tmpfs_size",
+        &req.tmpfs_size,
+        &p.tmpfs_size,
+        4096,
+        "4k",
     )?;
-    if tmpfs < 4096 {
-        return Err(ProfileError::Invalid {
-            field: "--tmpfs-size".into(),
-            message: "must be at least 4k".into(),
-        });
-    }
     let fsize = unit(
         "max_file_size",
         units::parse_size(p.max_file_size.as_deref().unwrap_or("1G")),
