@@ -312,3 +312,38 @@ fn bind_cannot_escape_with_dotdot_destination() {
     assert!(o.code == 125 || o.code == 0, "{o:#?}");
     assert!(!std::path::Path::new("/x").exists() || o.code == 125);
 }
+
+#[test]
+fn writable_root_keeps_host_dirs_read_only() {
+    // --writable-root makes the sandbox's own root writable, never the host's /usr
+    let o = sh_with(
+        &["--writable-root"],
+        "touch /newfile && echo root-ok; (touch /usr/x) 2>/dev/null || echo usr-ro; (touch /bin/x) 2>/dev/null || echo bin-ro",
+    );
+    assert_code(&o, 0);
+    assert_eq!(o.lines(), vec!["root-ok", "usr-ro", "bin-ro"], "{o:#?}");
+}
+
+#[test]
+fn mounts_inside_are_nosuid_and_binds_nodev() {
+    // every mount the job can write to or execute from is nosuid; host binds are nodev too
+    let o = run(&[], &["cat", "/proc/self/mountinfo"]);
+    assert_code(&o, 0);
+    for l in o.stdout.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (mnt, opts) = (f[4], f[5]);
+        if mnt == "/" || mnt.starts_with("/proc") || mnt.starts_with("/dev/") && mnt != "/dev/shm" {
+            continue;
+        }
+        assert!(
+            opts.split(',').any(|x| x == "nosuid"),
+            "{mnt} is not nosuid: {l}"
+        );
+        if ["/usr", "/tmp", "/workspace", "/dev/shm"].contains(&mnt) {
+            assert!(
+                opts.split(',').any(|x| x == "nodev"),
+                "{mnt} is not nodev: {l}"
+            );
+        }
+    }
+}

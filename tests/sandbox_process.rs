@@ -441,3 +441,60 @@ fn cpu_time_is_accounted() {
         v["wallMs"]
     );
 }
+
+#[test]
+fn no_file_descriptors_leak_into_the_payload() {
+    // the payload shell's own fds, listed by a child (so the listing's directory fd is not counted)
+    let o = run(&[], &["sh", "-c", "ls /proc/$$/fd"]);
+    assert_code(&o, 0);
+    let mut fds: Vec<u32> = o
+        .stdout
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, vec![0, 1, 2], "fds leaked into the payload: {o:#?}");
+    let o = run(&[], &["sh", "-c", "ls -l /proc/$$/fd | grep -o -- '-> .*'"]);
+    assert!(
+        !o.stdout.contains("jobcell") && !o.stdout.contains("cgroup"),
+        "{o:#?}"
+    );
+}
+
+#[test]
+fn the_jobcell_binary_cannot_be_overwritten_through_proc() {
+    // CVE-2019-5736 style: pid 1 (jobcell's reaper) exe opened for writing from inside
+    let o = probe(&["write", "/proc/1/exe"]);
+    assert_code(&o, 0);
+    assert_ne!(o.get("write"), "0", "wrote to /proc/1/exe");
+    let o = probe(&["write", "/proc/self/exe"]);
+    assert_code(&o, 0);
+    assert_ne!(
+        o.get("write"),
+        "0",
+        "wrote to the probe binary through /proc/self/exe"
+    );
+}
+
+#[test]
+fn sysv_ipc_of_the_host_is_invisible() {
+    // a SysV shared memory segment created on the host must not be listed in the sandbox's IPC namespace
+    // SAFETY: plain shmget/shmctl on a private segment that is removed below.
+    let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o644) };
+    assert!(id >= 0, "shmget on the host failed");
+    let o = run(&[], &["cat", "/proc/sysvipc/shm"]);
+    // SAFETY: removing the segment created above.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    assert_code(&o, 0);
+    let ids: Vec<&str> = o
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert!(
+        !ids.contains(&id.to_string().as_str()),
+        "host shm segment {id} visible inside: {o:#?}"
+    );
+    assert!(ids.is_empty(), "{o:#?}");
+}
