@@ -102,6 +102,25 @@ fn kill_default_signal_is_term() {
     // pid 1 ignores signals it has no handler for; install one for TERM.
     let b = Bundle::sh("trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done");
     rt.create_start("t", b_written(&b));
+    // Wait until the shell has installed its TERM handler (SigCgt bit 15), or the signal may be ignored.
+    let pid = rt.state("t")["pid"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (libc::SIGTERM - 1)) != 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TERM trap was never installed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     rt.ok(&["kill", "t"]);
     rt.wait_status("t", "stopped");
     rt.ok(&["delete", "t"]);

@@ -331,6 +331,7 @@ fn process_config(
     strict: bool,
     setgroups_allowed: bool,
     mode: child::ChildMode,
+    warnings: &mut Vec<String>,
 ) -> Result<ChildConfig, LaunchError> {
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
@@ -349,10 +350,8 @@ fn process_config(
         .collect();
     let filter = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => {
-            let (f, warnings) = seccomp::compile_cached(profile, strict)?;
-            for w in warnings {
-                eprintln!("jobcell: warning: seccomp: {w}");
-            }
+            let (f, w) = seccomp::compile_cached(profile, strict)?;
+            warnings.extend(w.into_iter().map(|w| format!("seccomp: {w}")));
             Some(f)
         }
         None => None,
@@ -488,9 +487,11 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         ));
     }
     let user = process.user();
+    // Warnings are printed only once nothing can refuse the launch any more.
+    let mut warnings = Vec::new();
     let (map, warning) = id_map(spec, user.uid(), user.gid());
     if let (Some(w), true) = (warning, new_userns) {
-        eprintln!("jobcell: warning: {w}");
+        warnings.push(w);
     }
     let hooks = spec.hooks().as_ref();
     let (child_mode, container) = match mode {
@@ -517,6 +518,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
             opts.strict,
             !new_userns || !map.denies_setgroups(),
             child_mode,
+            &mut warnings,
         )?
     };
 
@@ -530,10 +532,13 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         )));
     }
     if !limits.enforced && resources.is_some() {
-        eprintln!(
-            "jobcell: warning: cgroup limits not enforced ({}); rlimits only, see `jobcell check`",
+        warnings.push(format!(
+            "cgroup limits not enforced ({}); rlimits only, see `jobcell check`",
             limits.reason.as_deref().unwrap_or("unknown")
-        );
+        ));
+    }
+    for w in warnings {
+        eprintln!("jobcell: warning: {w}");
     }
 
     let (sync_r, sync_w) = pipe()?;
@@ -831,7 +836,11 @@ pub fn exec_in(
     let mode = child::ChildMode::Exec {
         console: console.as_ref().map(|c| c.as_raw_fd()),
     };
-    let cfg = process_config(spec, process, false, !setgroups_denied, mode)?;
+    let mut warnings = Vec::new();
+    let cfg = process_config(spec, process, false, !setgroups_denied, mode, &mut warnings)?;
+    for w in warnings {
+        eprintln!("jobcell: warning: {w}");
+    }
     let mut ns = CloneFlags::empty();
     for (name, flag) in [
         ("user", CloneFlags::CLONE_NEWUSER),
