@@ -5,98 +5,15 @@
 //! commits, looks up and downloads through the signed URL. A second job of another owner
 //! misses the key; a third of the same owner hits it.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use jobcell::ctl::http;
-use serde_json::{json, Value};
+use serde_json::json;
 
-struct Server {
-    child: Child,
-    api: String,
-    key: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(state: &Path) -> Server {
-    let bin = std::env::var("JOBCELL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_jobcell").into());
-    let bin = bin.as_str();
-    // SAFETY: geteuid has no preconditions.
-    let mut cmd = if unsafe { libc::geteuid() } == 0 {
-        let user = std::env::var("JOBCELL_TEST_USER").unwrap_or_else(|_| "jc".into());
-        let st = Command::new("chown")
-            .arg(format!("{user}:{user}"))
-            .arg(state.parent().unwrap())
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "chown to {user} failed (set JOBCELL_TEST_USER)"
-        );
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid", &user, "--regid", &user, "--init-groups", bin]);
-        c
-    } else {
-        Command::new(bin)
-    };
-    let mut child = cmd
-        .args(["serve", "--executor", "local", "--listen", "127.0.0.1:0"])
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("JOBCELL_INTERNAL_API_KEY")
-        .env_remove("INTERNAL_API_KEY")
-        .env_remove("JOBCELL_JWT_SECRET")
-        .env_remove("JOBCELL_CACHE_SECRET")
-        .env("HOME", state.parent().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
-            }
-            eprintln!("server: {line}");
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server did not start");
-    let key = std::fs::read_to_string(state.join("secrets/internal_api_key")).unwrap();
-    Server {
-        child,
-        api: format!("http://{addr}"),
-        key,
-    }
-}
+mod serve_common;
+use serve_common::{start, Server};
 
 impl Server {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let auth = format!("Bearer {}", self.key);
-        let b = body.map(|v| serde_json::to_vec(&v).unwrap());
-        let r = http::request(
-            &self.api,
-            method,
-            path,
-            &[("Authorization", &auth), ("X-Orchestrator-ID", "e2e")],
-            b.as_deref(),
-        )
-        .unwrap();
-        (r.status, r.json().unwrap_or(Value::Null))
-    }
-
     /// Runs an `sh` job to its end; returns (status, stdout lines).
     fn run(&self, user: &str, script: &str) -> (String, Vec<String>) {
         let (st, v) = self.call(
