@@ -36,6 +36,8 @@ pub struct Stats {
 pub enum CgroupError {
     #[error("--require-limits: cgroup limits cannot be enforced here: {0}")]
     Required(String),
+    #[error("--cgroup-parent {0}: {1}")]
+    Parent(PathBuf, String),
     #[error("cgroup {path}: {what}: {source} ({hint})")]
     Io {
         path: PathBuf,
@@ -80,6 +82,15 @@ fn controllers(dir: &Path) -> Vec<String> {
 
 /// Finds a writable cgroup v2 directory with the needed controllers, or says why there is none.
 pub fn find_base() -> Result<PathBuf, String> {
+    find_base_in(
+        std::env::var_os("JOBCELL_CGROUP_PARENT")
+            .map(PathBuf::from)
+            .as_deref(),
+    )
+}
+
+/// [`find_base`] with an explicit parent (`--cgroup-parent`), which then is the only candidate.
+pub fn find_base_in(explicit: Option<&Path>) -> Result<PathBuf, String> {
     let Some(mnt) = cgroup2_mount() else {
         return Err("no cgroup v2 filesystem is mounted".into());
     };
@@ -109,12 +120,11 @@ pub fn find_base() -> Result<PathBuf, String> {
     }
 
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(p) = std::env::var("JOBCELL_CGROUP_PARENT") {
-        let p = PathBuf::from(&p);
+    if let Some(p) = explicit {
         candidates.push(if p.starts_with(&mnt) {
-            p
+            p.to_path_buf()
         } else {
-            mnt.join(p.strip_prefix("/").unwrap_or(&p))
+            mnt.join(p.strip_prefix("/").unwrap_or(p))
         });
     } else {
         if nix::unistd::geteuid().is_root() {
@@ -237,10 +247,20 @@ fn remove_dir_retry(p: &Path) {
 pub fn prepare(
     res: Option<&LinuxResources>,
     name: Option<&str>,
+    parent: Option<&Path>,
 ) -> Result<(Option<Cgroup>, LimitsReport), CgroupError> {
-    let base = match find_base() {
-        Ok(b) => b,
-        Err(reason) => {
+    let base = match (
+        find_base_in(
+            parent.or(std::env::var_os("JOBCELL_CGROUP_PARENT")
+                .map(PathBuf::from)
+                .as_deref()),
+        ),
+        parent,
+    ) {
+        (Ok(b), _) => b,
+        // A parent the user named explicitly must work: refuse instead of running without limits.
+        (Err(reason), Some(p)) => return Err(CgroupError::Parent(p.to_path_buf(), reason)),
+        (Err(reason), None) => {
             return Ok((
                 None,
                 LimitsReport {
@@ -423,6 +443,15 @@ impl Cgroup {
             .lines()
             .filter_map(|l| l.parse().ok())
             .collect()
+    }
+
+    /// Moves process `pid` into the cgroup (the fallback for kernels without CLONE_INTO_CGROUP).
+    pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        fs::write(self.path.join("cgroup.procs"), pid.to_string()).map_err(io_err(
+            &self.path,
+            "cgroup.procs",
+            "the caller needs write access to cgroup.procs of the common ancestor",
+        ))
     }
 
     /// Kills anything left and removes the directory.

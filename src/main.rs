@@ -200,6 +200,9 @@ struct RunArgs {
     /// Refuse to run when cgroup limits cannot be enforced.
     #[arg(long = "require-limits")]
     require_limits: bool,
+    /// Delegated cgroup v2 directory to create the sandbox's cgroup under (default: found automatically).
+    #[arg(long = "cgroup-parent", value_name = "PATH")]
+    cgroup_parent: Option<PathBuf>,
     /// Unknown syscall names in the seccomp profile are an error, not a warning.
     #[arg(long)]
     strict: bool,
@@ -278,6 +281,7 @@ fn run(a: RunArgs, root: &std::path::Path) -> ExitCode {
         timeout: a.timeout,
         require_limits: a.require_limits,
         strict: a.strict,
+        cgroup_parent: a.cgroup_parent,
         args: a.command,
     };
     let (spec, opts) = match profile::build(&req) {

@@ -192,6 +192,8 @@ pub struct LaunchOptions {
     pub require_limits: bool,
     /// Unknown syscall names in a seccomp profile are an error instead of a warning.
     pub strict: bool,
+    /// `--cgroup-parent`: the delegated cgroup v2 directory to create sandbox cgroups under.
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 /// One `jobcell run` request as the user wrote it; strings are parsed here so every error has the same shape.
@@ -215,6 +217,7 @@ pub struct RunRequest {
     pub timeout: Option<String>,
     pub require_limits: bool,
     pub strict: bool,
+    pub cgroup_parent: Option<PathBuf>,
     pub args: Vec<String>,
 }
 
@@ -705,6 +708,7 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
         timeout,
         require_limits: req.require_limits || p.require_limits.unwrap_or(false),
         strict: req.strict,
+        cgroup_parent: req.cgroup_parent.clone(),
     };
     Ok((spec, opts))
 }

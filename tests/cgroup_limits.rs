@@ -249,3 +249,71 @@ fn cgroup_of_a_killed_supervisor_is_removed_by_the_next_start() {
         sandbox_cgroups(&base)
     );
 }
+
+#[test]
+fn an_unusable_cgroup_parent_is_refused_naming_it() {
+    let _serial = serial();
+    // On every host: a parent the user names but cannot use is an error (125), not a silent fallback.
+    let (code, _, stderr) = run(&[
+        "--cgroup-parent",
+        "/sys/fs/cgroup/jobcell-no-such-dir",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 125, "{stderr}");
+    assert!(
+        stderr.contains("--cgroup-parent") && stderr.contains("jobcell-no-such-dir"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn explicit_cgroup_parent_is_used() {
+    let _serial = serial();
+    let Some(base) = need_cgroups("explicit_cgroup_parent_is_used") else {
+        return;
+    };
+    let (code, v, stderr) = run(&[
+        "--cgroup-parent",
+        base.to_str().unwrap(),
+        "--pids",
+        "7",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(v["limits"]["enforced"], true, "{v}");
+    assert!(sandbox_cgroups(&base).is_empty());
+}
+
+#[test]
+fn without_clone_into_cgroup_pid1_is_moved_in_before_it_runs() {
+    let _serial = serial();
+    let Some(base) = need_cgroups("without_clone_into_cgroup_pid1_is_moved_in_before_it_runs")
+    else {
+        return;
+    };
+    let fork_loop = "for i in $(seq 60); do sleep 3 & done; wait";
+    let out = Command::new(jobcell())
+        .env("JOBCELL_NO_CLONE_INTO_CGROUP", "1")
+        .args([
+            "run", "--json", "-", "--pids", "20", "--", "sh", "-c", fork_loop,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("null"),
+    )
+    .unwrap();
+    let peak = v["pidsPeak"].as_u64().unwrap();
+    assert!(
+        (15..=20).contains(&peak),
+        "pids.peak {peak}: the payload must run inside the cgroup"
+    );
+    assert!(sandbox_cgroups(&base).is_empty());
+}

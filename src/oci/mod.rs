@@ -97,6 +97,7 @@ pub fn bundle_launch_options(spec: &Spec) -> LaunchOptions {
         timeout: None,
         require_limits: false,
         strict: false,
+        cgroup_parent: None,
     }
 }
 

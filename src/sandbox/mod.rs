@@ -525,7 +525,8 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     // cgroup first, so the child is born inside it (CLONE_INTO_CGROUP).
     let resources = linux.and_then(|l| l.resources().as_ref());
     let cg_name = container.as_ref().map(|c| c.cgroup_name.clone());
-    let (cg, limits) = cgroup::prepare(resources, cg_name.as_deref())?;
+    let (cg, limits) =
+        cgroup::prepare(resources, cg_name.as_deref(), opts.cgroup_parent.as_deref())?;
     if opts.require_limits && !limits.enforced {
         return Err(LaunchError::Cgroup(cgroup::CgroupError::Required(
             limits.reason.clone().unwrap_or_default(),
@@ -550,7 +551,14 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(sys("signalfd"))?;
 
-    let cloned = clone3(flags.bits() as u64, cg.as_ref());
+    // Kernels before 5.7 have no CLONE_INTO_CGROUP: clone outside and move pid 1 in before releasing it.
+    let into_cgroup = std::env::var_os("JOBCELL_NO_CLONE_INTO_CGROUP").is_none();
+    let mut cloned = clone3(flags.bits() as u64, cg.as_ref().filter(|_| into_cgroup));
+    let mut move_in = !into_cgroup && cg.is_some();
+    if matches!(cloned, Err(Errno::EINVAL) | Err(Errno::E2BIG)) && cg.is_some() && into_cgroup {
+        cloned = clone3(flags.bits() as u64, None);
+        move_in = true;
+    }
     let (pid, pidfd) = match cloned {
         Ok(v) => v,
         Err(e) => {
@@ -598,6 +606,9 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     let release = (|| {
         if new_userns {
             idmap::apply(pid, &map)?;
+        }
+        if let (true, Some(c)) = (move_in, &sandbox.cgroup) {
+            c.add_process(pid)?;
         }
         if container.is_some() {
             run_host_hooks(
