@@ -219,14 +219,14 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(125)
 }
 
-fn run(a: RunArgs, root: &std::path::Path) -> ExitCode {
+fn run(a: RunArgs, root: &dyn Fn() -> PathBuf) -> ExitCode {
     if let Some(id) = &a.id {
         let o = CreateOpts {
             bundle: a.bundle.clone().unwrap_or_else(|| PathBuf::from(".")),
             pid_file: a.pid_file.clone(),
             console_socket: a.console_socket.clone(),
         };
-        return match oci::run(root, id, &o, a.detach, a.keep) {
+        return match oci::run(&root(), id, &o, a.detach, a.keep) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => oci_fail(e),
         };
@@ -241,7 +241,7 @@ fn run(a: RunArgs, root: &std::path::Path) -> ExitCode {
                 p.set_args(Some(a.command.clone()));
             }
         }
-        let mut opts = oci::bundle_launch_options(&spec);
+        let mut opts = oci::bundle_launch_options();
         opts.require_limits = a.require_limits;
         if let Some(t) = &a.timeout {
             match jobcell::units::parse_duration(t) {
@@ -451,7 +451,8 @@ fn main() -> ExitCode {
         let _ = LOG.set((p.clone(), cli.log_format == "json"));
     }
     let _ = cli.systemd_cgroup;
-    let root = cli.root.clone().unwrap_or_else(oci::state::default_root);
+    // Only the OCI verbs need the state directory; resolving it reads /proc, so `run` skips it.
+    let root = || cli.root.clone().unwrap_or_else(oci::state::default_root);
     let done = |r: Result<(), OciError>| match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => oci_fail(e),
@@ -474,20 +475,20 @@ fn main() -> ExitCode {
                 pid_file: a.pid_file,
                 console_socket: a.console_socket,
             };
-            done(oci::create(&root, &a.id, &o))
+            done(oci::create(&root(), &a.id, &o))
         }
-        Cmd::Start { id } => done(oci::start(&root, &id)),
+        Cmd::Start { id } => done(oci::start(&root(), &id)),
         Cmd::State { id } => done(
-            oci::state(&root, &id)
+            oci::state(&root(), &id)
                 .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
         ),
         Cmd::Kill { id, signal, all } => done(oci::kill(
-            &root,
+            &root(),
             &id,
             signal.as_deref().unwrap_or("TERM"),
             all,
         )),
-        Cmd::Delete { id, force } => done(oci::delete(&root, &id, force)),
+        Cmd::Delete { id, force } => done(oci::delete(&root(), &id, force)),
         Cmd::Spec { bundle, rootless } => done(oci::spec(&bundle, rootless)),
         Cmd::Features => {
             println!(
@@ -497,7 +498,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Ps { id, format } => {
-            done(oci::ps(&root, &id, format == "json").map(|s| print!("{s}")))
+            done(oci::ps(&root(), &id, format == "json").map(|s| print!("{s}")))
         }
         Cmd::Exec(a) => {
             let user = match a.user.as_deref().map(parse_ids).transpose() {
@@ -515,7 +516,7 @@ fn main() -> ExitCode {
                 detach: a.detach,
                 pid_file: a.pid_file,
             };
-            match oci::exec(&root, &a.id, &o) {
+            match oci::exec(&root(), &a.id, &o) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => oci_fail(e),
             }

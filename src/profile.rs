@@ -147,6 +147,9 @@ pub fn load_profile(name_or_path: &str) -> Result<Profile, ProfileError> {
                 return Ok(base.layer(read_profile_file(&p)?));
             }
         }
+        if name_or_path == BUILTIN_PROFILES[0].0 {
+            return Ok(base);
+        }
         if let Some((_, text)) = BUILTIN_PROFILES.iter().find(|(n, _)| *n == name_or_path) {
             return Ok(base.layer(Profile::parse(text, &format!("built-in {name_or_path}"))?));
         }
@@ -186,7 +189,6 @@ pub enum NetMode {
 /// Launch settings that the runtime-spec has no field for.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
-    pub root: RootSource,
     pub network: NetMode,
     pub timeout: Option<Duration>,
     pub require_limits: bool,
@@ -703,7 +705,6 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
         .set_annotations(Some(annotations));
 
     let opts = LaunchOptions {
-        root,
         network,
         timeout,
         require_limits: req.require_limits || p.require_limits.unwrap_or(false),
@@ -735,7 +736,10 @@ mod tests {
     #[test]
     fn default_spec_matches_the_contract() {
         let (spec, opts) = build(&req(&["/bin/true"])).unwrap();
-        assert_eq!(opts.root, RootSource::HostSystem);
+        assert_eq!(
+            spec.annotations().as_ref().unwrap()[ANNOTATION_ROOT],
+            ROOT_HOST_SYSTEM
+        );
         assert_eq!(opts.network, NetMode::None);
         let proc_ = spec.process().as_ref().unwrap();
         assert_eq!(proc_.user().uid(), 1000);

@@ -221,3 +221,50 @@ fn kill_9_of_the_server_kills_its_sandboxes_and_restart_requeues() {
     assert_eq!(st, 200);
     srv.wait_status(&job, &["cancelled"], 5);
 }
+
+/// A job sees its own execution token, and none of the server's master secrets: not in its environment, not in
+/// any process's environment it can read, not under /run/jobcell, and the server's state directory is absent.
+#[test]
+fn no_master_secret_reaches_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let srv = start(&state);
+    let probe = format!(
+        "env; for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f; done 2>/dev/null; \
+         find /run/jobcell -type f -size -64k -exec cat {{}} + 2>/dev/null | tr -c '[:print:]\\n' '\\n'; \
+         test -e {} && echo STATE-DIR-VISIBLE; echo probe-done",
+        state.display()
+    );
+    let job = srv.submit(json!({"userId": "mallory", "command": ["sh", "-c", probe]}));
+    let v = srv.wait_status(&job, &["completed", "failed", "timeout"], 60);
+    assert_eq!(v["status"], "completed", "{v}");
+    let exec = v["executions"][0]["executionId"].as_str().unwrap();
+    let (_, logs) = srv.call("GET", &format!("/api/logs/{exec}"), None);
+    let seen: String = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap_or("").to_string() + "\n")
+        .collect();
+    assert!(
+        seen.contains("probe-done"),
+        "the probe ran to its end: {seen}"
+    );
+    assert!(
+        seen.contains("JOBCELL_TOKEN="),
+        "the execution token is there: {seen}"
+    );
+    assert!(
+        !seen.contains("STATE-DIR-VISIBLE"),
+        "the server's state directory is visible inside"
+    );
+    for name in ["internal_api_key", "jwt_secret", "cache_secret"] {
+        let secret = std::fs::read_to_string(state.join("secrets").join(name)).unwrap();
+        let secret = secret.trim();
+        assert!(secret.len() >= 32, "{name} was generated");
+        assert!(
+            !seen.contains(secret),
+            "{name} is visible inside the sandbox"
+        );
+    }
+}

@@ -8,7 +8,7 @@
 pub mod state;
 
 use crate::cgroup::Cgroup;
-use crate::profile::{LaunchOptions, NetMode, RootSource};
+use crate::profile::{LaunchOptions, NetMode};
 use crate::sandbox::{self, ContainerLaunch, LaunchError, Mode};
 use oci_spec::runtime::{ContainerState, Process, Spec};
 use serde_json::json;
@@ -85,14 +85,8 @@ pub fn load_bundle(bundle: &Path) -> Result<(Spec, PathBuf), OciError> {
 }
 
 /// Launch options for a bundle (the spec says everything; jobcell adds nothing).
-pub fn bundle_launch_options(spec: &Spec) -> LaunchOptions {
+pub fn bundle_launch_options() -> LaunchOptions {
     LaunchOptions {
-        root: RootSource::Dir(
-            spec.root()
-                .as_ref()
-                .map(|r| r.path().clone())
-                .unwrap_or_default(),
-        ),
         network: NetMode::None,
         timeout: None,
         require_limits: false,
@@ -230,7 +224,7 @@ fn create_in(
             serde_json::to_vec(&v).unwrap_or_default()
         }),
     };
-    let sb = sandbox::launch(spec, &bundle_launch_options(spec), Mode::Container(launch))?;
+    let sb = sandbox::launch(spec, &bundle_launch_options(), Mode::Container(launch))?;
     let pid = sb.pid();
     let record = Record {
         pid,
