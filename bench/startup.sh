@@ -3,7 +3,7 @@
 # with an equivalent read-only root, and vs rootless runc/crun on a bundle binding the same host dirs (each only
 # when it works on this host; otherwise the reason is printed).
 #
-#   bench/startup.sh [JOBCELL_BINARY]     default: target/release/jobcell (built when missing)
+#   bench/startup.sh [JOBCELL_BINARY]     default: the static release binary (built when missing, see README)
 #
 # Env: BENCH_RUNS (default 100), BENCH_WARMUP (default 10), BENCH_USER (default jctest: the user to re-exec as
 # when started as root), BENCH_OUT (default bench/results: JSON exports and the summary table).
@@ -15,11 +15,15 @@ RUNS=${BENCH_RUNS:-100}
 WARMUP=${BENCH_WARMUP:-10}
 BUSER=${BENCH_USER:-jctest}
 
+STATIC=$ROOT/target/x86_64-unknown-linux-gnu/release/jobcell
 if [ "$(id -u)" = 0 ]; then
     # Rootless only: re-run as an unprivileged user with its own copy of the binary and a writable output dir.
-    JC=${1:-$ROOT/target/release/jobcell}
+    JC=${1:-$STATIC}
     if [ ! -x "$JC" ]; then
-        (cd "$ROOT" && cargo build --release --bins)
+        # The shipped form: glibc and libseccomp linked in, not position-independent (no start-up relocation).
+        (cd "$ROOT" && LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+            RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+            cargo build --release --target x86_64-unknown-linux-gnu --bins)
     fi
     if ! id -u "$BUSER" >/dev/null 2>&1; then
         useradd -m -s /bin/bash "$BUSER"
@@ -54,7 +58,7 @@ if [ "$(id -u)" = 0 ]; then
     exit "$rc"
 fi
 
-JC=${1:-$ROOT/target/release/jobcell}
+JC=${1:-$STATIC}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 command -v hyperfine >/dev/null || { echo "bench: hyperfine not installed (apt-get install hyperfine)" >&2; exit 1; }
@@ -81,6 +85,8 @@ skip() { printf 'skipped %-22s %s\n' "$1:" "$2"; }
 if "$JC" run -- /bin/true 2>"$WORK/jc.err"; then
     add jobcell "$JC run -- /bin/true"
     add jobcell-unconfined "$JC run --seccomp unconfined -- /bin/true"
+    # The same id mapping bubblewrap makes (one id, no setuid helpers), still with the default seccomp filter.
+    add jobcell-single "$JC run --userns single -- /bin/true"
 else
     echo "bench: '$JC run -- /bin/true' fails here:" >&2
     cat "$WORK/jc.err" >&2

@@ -49,8 +49,16 @@ pub enum CgroupError {
 
 const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
-/// Where cgroup v2 is mounted, if anywhere (from /proc/self/mountinfo).
+/// Where cgroup v2 is mounted, if anywhere: the two usual places (pure v2, and systemd's hybrid layout) are
+/// asked with statfs, anything else is found in /proc/self/mountinfo.
 pub fn cgroup2_mount() -> Option<PathBuf> {
+    for p in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        {
+            return Some(PathBuf::from(p));
+        }
+    }
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let (pre, post) = l.split_once(" - ")?;

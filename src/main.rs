@@ -126,7 +126,43 @@ struct ExecArgs {
     command: Vec<String>,
 }
 
+/// `jobcell run ...` alone: building the parser for every subcommand is a large share of a sandbox's
+/// start-up, so [`parse_args`] tries this one first.
+#[derive(Parser)]
+#[command(name = "jobcell")]
+struct RunOnlyCli {
+    #[command(subcommand)]
+    cmd: RunOnly,
+}
+
+#[derive(Subcommand)]
+enum RunOnly {
+    Run(Box<RunArgs>),
+}
+
+/// Parses `args` (including argv[0]). A plain `jobcell run ...` that the run-only parser accepts means the same
+/// to the full parser (global options then have their defaults); anything else, including every error, help
+/// and version request, goes through the full parser so its messages are unchanged.
+fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    if args.get(1).is_some_and(|a| a == "run") {
+        if let Ok(RunOnlyCli {
+            cmd: RunOnly::Run(a),
+        }) = RunOnlyCli::try_parse_from(&args)
+        {
+            return Ok(Cli {
+                root: None,
+                log: None,
+                log_format: "text".into(),
+                systemd_cgroup: false,
+                cmd: Cmd::Run(a),
+            });
+        }
+    }
+    Cli::try_parse_from(args)
+}
+
 #[derive(Args)]
+#[cfg_attr(test, derive(Debug))]
 struct RunArgs {
     /// OCI container id: run the bundle as a container (create + start, then wait and delete).
     #[arg(value_name = "ID")]
@@ -203,6 +239,10 @@ struct RunArgs {
     /// Delegated cgroup v2 directory to create the sandbox's cgroup under (default: found automatically).
     #[arg(long = "cgroup-parent", value_name = "PATH")]
     cgroup_parent: Option<PathBuf>,
+    /// Id mapping: auto (a full range when /etc/subuid grants one, else one id) or single (one id, as
+    /// bubblewrap does: no setuid helpers, so a faster start, but no distinct root inside).
+    #[arg(long, value_name = "auto|single")]
+    userns: Option<String>,
     /// Unknown syscall names in the seccomp profile are an error, not a warning.
     #[arg(long)]
     strict: bool,
@@ -282,6 +322,7 @@ fn run(a: RunArgs, root: &dyn Fn() -> PathBuf) -> ExitCode {
         require_limits: a.require_limits,
         strict: a.strict,
         cgroup_parent: a.cgroup_parent,
+        userns: a.userns,
         args: a.command,
     };
     let (spec, opts) = match profile::build(&req) {
@@ -425,7 +466,7 @@ fn parse_ids(s: &str) -> Result<(u32, u32), String> {
 
 fn main() -> ExitCode {
     // Usage errors are failures before any command ran: one line, exit 125 (the run contract), not clap's 2.
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args(std::env::args_os().collect()) {
         Ok(c) => c,
         Err(e)
             if matches!(
@@ -521,5 +562,64 @@ fn main() -> ExitCode {
                 Err(e) => oci_fail(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(args: &[&str]) -> Option<String> {
+        Cli::try_parse_from(args).ok().map(|c| match c.cmd {
+            Cmd::Run(a) => format!(
+                "{:?} {:?} {:?} {} {}",
+                a, c.root, c.log, c.log_format, c.systemd_cgroup
+            ),
+            _ => "other".into(),
+        })
+    }
+
+    fn fast(args: &[&str]) -> Option<String> {
+        parse_args(args.iter().map(Into::into).collect())
+            .ok()
+            .map(|c| match c.cmd {
+                Cmd::Run(a) => format!(
+                    "{:?} {:?} {:?} {} {}",
+                    a, c.root, c.log, c.log_format, c.systemd_cgroup
+                ),
+                _ => "other".into(),
+            })
+    }
+
+    #[test]
+    fn run_fast_path_means_what_the_full_parser_means() {
+        for args in [
+            &["jobcell", "run", "--", "/bin/true"][..],
+            &[
+                "jobcell", "run", "--memory", "64M", "--cpus", "0.5", "--", "sh", "-c", "x",
+            ],
+            &["jobcell", "run", "--root", "/tmp/x", "--", "true"],
+            &[
+                "jobcell",
+                "run",
+                "--log",
+                "/tmp/l",
+                "--log-format",
+                "json",
+                "id",
+                "-b",
+                "/b",
+            ],
+            &["jobcell", "--root", "/tmp/x", "run", "id", "--bundle", "/b"],
+            &["jobcell", "run", "--systemd-cgroup", "--", "true"],
+            &[
+                "jobcell", "run", "--bind", "/a:/b:rw", "--env", "A=1", "--", "--root",
+            ],
+            &["jobcell", "run", "--no-such-flag", "--", "true"],
+            &["jobcell", "run"],
+        ] {
+            assert_eq!(fast(args), full(args), "{args:?}");
+        }
+        assert_eq!(fast(&["jobcell", "check"]).as_deref(), Some("other"));
     }
 }

@@ -7,10 +7,10 @@
 use crate::seccomp;
 use crate::units::{self, UnitError};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -220,6 +220,8 @@ pub struct RunRequest {
     pub require_limits: bool,
     pub strict: bool,
     pub cgroup_parent: Option<PathBuf>,
+    /// `--userns auto|single`.
+    pub userns: Option<String>,
     pub args: Vec<String>,
 }
 
@@ -680,6 +682,29 @@ pub fn build(req: &RunRequest) -> Result<(Spec, LaunchOptions), ProfileError> {
     let linux = match sc {
         Some(s) => linux.seccomp(s),
         None => linux,
+    };
+    // `--userns single`: the spec names the one-id map itself (the caller as the job's ids), so the launcher
+    // skips /etc/subuid and the setuid helpers.
+    let linux = match req.userns.as_deref() {
+        None | Some("auto") => linux,
+        Some("single") => {
+            let one = |inside: u32, outside: u32| {
+                LinuxIdMappingBuilder::default()
+                    .container_id(inside)
+                    .host_id(outside)
+                    .size(1u32)
+                    .build()
+            };
+            linux
+                .uid_mappings(vec![one(uid, nix::unistd::getuid().as_raw())?])
+                .gid_mappings(vec![one(gid, nix::unistd::getgid().as_raw())?])
+        }
+        Some(other) => {
+            return Err(ProfileError::Invalid {
+                field: "--userns".into(),
+                message: format!("{other:?} is not a mapping mode: use auto or single"),
+            })
+        }
     }
     .build()?;
 

@@ -186,6 +186,7 @@ fn other_bad_values() {
     refused(&["--user", "bob"], &["user"]);
     refused(&["--timeout", "forever"], &["timeout"]);
     refused(&["--net", "bogus"], &["net"]);
+    refused(&["--userns", "range"], &["--userns", "auto or single"]);
     refused(&["--cap-add", "NOT_A_CAP"], &["NOT_A_CAP"]);
     refused(&["--memory", "0"], &["memory"]);
     refused(&["--workdir", "relative/dir"], &["workdir"]);

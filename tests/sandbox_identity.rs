@@ -91,6 +91,34 @@ fn setuid_binaries_do_not_elevate() {
 }
 
 #[test]
+fn userns_single_maps_one_id_without_helpers_or_warning() {
+    let (uid, gid) = host_ids();
+    let o = run(
+        &["--userns", "single"],
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups; id -u; id -g",
+        ],
+    );
+    assert_code(&o, 0);
+    let l: Vec<Vec<&str>> = o
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(l.len(), 5, "{o:#?}");
+    assert_eq!(l[0], ["1000", &uid.to_string(), "1"], "{o:#?}");
+    assert_eq!(l[1], ["1000", &gid.to_string(), "1"], "{o:#?}");
+    if uid != 0 {
+        assert_eq!(l[2], ["deny"], "{o:#?}");
+        // asked for, so not a fallback to warn about
+        assert!(!o.stderr.contains("single id"), "{o:#?}");
+    }
+    assert_eq!((l[3][0], l[4][0]), ("1000", "1000"), "{o:#?}");
+}
+
+#[test]
 fn id_mapping_maps_the_job_user_to_the_caller() {
     let (uid, gid) = host_ids();
     let o = run(&[], &["sh", "-c", "cat /proc/self/uid_map; echo --; cat /proc/self/gid_map; echo --; cat /proc/self/setgroups"]);

@@ -94,6 +94,14 @@ pub struct ChildConfig {
     pub join: Vec<(nix::sched::CloneFlags, PathBuf)>,
     /// OCI `exec`: a pidfd of the container's pid 1 and the namespaces to join through it.
     pub join_pidfd: Option<(RawFd, nix::sched::CloneFlags)>,
+    /// An id map pid 1 writes for itself (see [`super::idmap::IdMap::written_by_child`]).
+    pub own_map: Option<super::idmap::IdMap>,
+    /// Wait for the supervisor's `s` (id-map helpers started) before creating namespaces.
+    pub wait_for_helpers: bool,
+    /// Namespaces pid 1 creates itself before it is released (clone3 made only the user and pid ones).
+    pub unshare: nix::sched::CloneFlags,
+    /// Create the cgroup namespace once released (pid 1 is then in its cgroup, also on the move-in path).
+    pub unshare_cgroup: bool,
     /// A new network namespace was created: bring `lo` up.
     pub new_netns: bool,
     /// Signals pid 1 forwards to the payload (blocked by the supervisor before clone).
@@ -144,14 +152,37 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
             fail(st, 125, "prctl(PR_SET_PDEATHSIG) failed");
         }
     }
+    // Work that needs no id map overlaps with the supervisor writing it (newuidmap/newgidmap are slow).
+    let mut sync = std::fs::File::from(sync);
+    if cfg.wait_for_helpers {
+        let mut b = [0u8; 1];
+        if !matches!(std::io::Read::read(&mut sync, &mut b), Ok(1)) || b[0] != b's' {
+            // SAFETY: _exit without destructors; the supervisor gave up on us (or died).
+            unsafe { libc::_exit(125) };
+        }
+    }
+    if let Some(map) = &cfg.own_map {
+        super::idmap::apply_own(map).or_fail(st, &|| "writing the id map".into());
+    }
+    if !cfg.unshare.is_empty() {
+        nix::sched::unshare(cfg.unshare)
+            .or_fail(st, &|| format!("creating namespaces {:?}", cfg.unshare));
+    }
+    if cfg.new_netns {
+        crate::net::loopback_up().or_fail(st, &|| "bringing up lo".into());
+    }
     let mut msg = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(sync), &mut msg);
+    let _ = std::io::Read::read_to_end(&mut sync, &mut msg);
     if msg.first() != Some(&b'g') {
         // SAFETY: _exit without destructors; the supervisor gave up on us (or died), nothing to report to.
         unsafe { libc::_exit(125) };
     }
     let state_json = &msg[1..];
 
+    if cfg.unshare_cgroup {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .or_fail(st, &|| "creating the cgroup namespace".into());
+    }
     for (ns, path) in &cfg.join {
         let f = std::fs::File::open(path).or_fail(st, &|| format!("namespace {}", path.display()));
         nix::sched::setns(f, *ns).or_fail(st, &|| format!("joining namespace {}", path.display()));
@@ -163,9 +194,6 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
         _ => &[],
     };
     setup_fs(&cfg.fs, create_hooks, state_json, st);
-    if cfg.new_netns {
-        crate::net::loopback_up().or_fail(st, &|| "bringing up lo".into());
-    }
     if let Some(h) = &cfg.hostname {
         nix::unistd::sethostname(h).or_fail(st, &|| "sethostname".into());
     }
@@ -255,22 +283,62 @@ fn supervise(cfg: &ChildConfig, st: RawFd) -> ! {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).or_fail(st, &|| "sigprocmask".into());
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).or_fail(st, &|| "signalfd".into());
 
-    // SAFETY: pid 1 is single-threaded (it was cloned from a single-threaded supervisor), so the child may
-    // allocate and run arbitrary code before exec.
-    let payload = match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            drop(sfd);
-            // Undo what the supervisor and Rust's runtime changed: blocked signals and an ignored SIGPIPE.
-            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            // A new session: no controlling terminal, so nothing can be injected into the caller's terminal.
-            nix::unistd::setsid().or_fail(st, &|| "setsid".into());
-            drop_privileges(cfg, st);
-            exec_final(cfg, st, None)
-        }
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => fail(st, 125, &format!("fork: {e}")),
-    };
+    let payload = spawn_payload(cfg, st).unwrap_or_else(|e| fail(st, 125, &format!("clone: {e}")));
     reap(payload, &sfd, st)
+}
+
+/// Starts the payload the way posix_spawn does: clone(CLONE_VM | CLONE_VFORK) on a stack of its own, so no
+/// page table is copied and neither side takes copy-on-write faults; pid 1 is suspended until the payload
+/// has exec'd (or failed and exited), so the payload may use pid 1's memory, heap included, meanwhile.
+fn spawn_payload(cfg: &ChildConfig, st: RawFd) -> Result<Pid, Errno> {
+    const STACK: usize = 1 << 20;
+    const GUARD: usize = 4096;
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points at the (config, status fd) pair on pid 1's stack, which stays live and
+        // untouched while pid 1 is suspended by CLONE_VFORK.
+        let (cfg, st) = unsafe { &*(arg as *const (&ChildConfig, RawFd)) };
+        let st = *st;
+        // Undo what the supervisor and Rust's runtime changed: blocked signals and an ignored SIGPIPE.
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        // A new session: no controlling terminal, so nothing can be injected into the caller's terminal.
+        nix::unistd::setsid().or_fail(st, &|| "setsid".into());
+        drop_privileges(cfg, st);
+        exec_final(cfg, st, None)
+    }
+    // SAFETY: a fresh anonymous mapping, checked below; unmapped again once the payload has exec'd.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK + GUARD,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    // SAFETY: the lowest page of our own mapping becomes the guard against a stack overflow.
+    unsafe { libc::mprotect(stack, GUARD, libc::PROT_NONE) };
+    let arg = (cfg, st);
+    // SAFETY: the stack top is inside the mapping (stacks grow down) and 16-byte aligned; `entry` never
+    // returns (it execs or _exits); CLONE_VFORK keeps `arg` and the mapping alive until then.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            stack.cast::<u8>().add(STACK + GUARD).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &arg as *const (&ChildConfig, RawFd) as *mut libc::c_void,
+        )
+    };
+    let err = Errno::last();
+    // SAFETY: unmapping the mapping made above; the payload no longer runs on it (it exec'd or exited).
+    unsafe { libc::munmap(stack, STACK + GUARD) };
+    if pid < 0 {
+        return Err(err);
+    }
+    Ok(Pid::from_raw(pid))
 }
 
 /// The pid-1 loop: forwards signals to the payload, reaps every zombie, exits with the payload's status.
@@ -384,32 +452,101 @@ fn set_identity_and_caps(ids: &Identity, sets: &CapSets) -> Result<(), Errno> {
     }
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
-    let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
-    if ids.setgroups_allowed && !denied {
+    if ids.setgroups_allowed {
         let g: Vec<nix::unistd::Gid> = ids
             .additional_gids
             .iter()
             .map(|g| nix::unistd::Gid::from_raw(*g))
             .collect();
-        nix::unistd::setgroups(&g)?;
+        match raw_setgroups(&g) {
+            Ok(()) => {}
+            // A joined user namespace may deny setgroups; its single-id map leaves no groups to drop.
+            Err(Errno::EPERM)
+                if std::fs::read_to_string("/proc/self/setgroups")
+                    .is_ok_and(|s| s.trim() == "deny") => {}
+            Err(e) => return Err(e),
+        }
     }
     let (gid, uid) = (
         nix::unistd::Gid::from_raw(ids.gid),
         nix::unistd::Uid::from_raw(ids.uid),
     );
-    nix::unistd::setresgid(gid, gid, gid)?;
-    nix::unistd::setresuid(uid, uid, uid)?;
+    // Raw syscalls: glibc's wrappers may try to signal other threads (setxid), which the payload, started
+    // with CLONE_VM, must not.
+    // SAFETY: setresgid/setresuid take integer ids only.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_setresgid,
+            gid.as_raw(),
+            gid.as_raw(),
+            gid.as_raw(),
+        )
+    })?;
+    // SAFETY: as above.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_setresuid,
+            uid.as_raw(),
+            uid.as_raw(),
+            uid.as_raw(),
+        )
+    })?;
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
-    let set = |v: &[caps::Capability]| v.iter().copied().collect::<caps::CapsHashSet>();
     caps::clear(None, CapSet::Ambient).map_err(ce)?;
-    caps::set(None, CapSet::Effective, &set(&sets.effective)).map_err(ce)?;
-    caps::set(None, CapSet::Inheritable, &set(&sets.inheritable)).map_err(ce)?;
-    caps::set(None, CapSet::Permitted, &set(&sets.permitted)).map_err(ce)?;
+    capset(&sets.effective, &sets.permitted, &sets.inheritable)?;
     for c in &sets.ambient {
         caps::raise(None, CapSet::Ambient, *c).map_err(ce)?;
     }
     Ok(())
+}
+
+fn raw_setgroups(g: &[nix::unistd::Gid]) -> Result<(), Errno> {
+    let ids: Vec<libc::gid_t> = g.iter().map(|g| g.as_raw()).collect();
+    // SAFETY: setgroups reads `len` gids from a live buffer.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setgroups, ids.len(), ids.as_ptr()) }).map(drop)
+}
+
+/// Sets the effective, permitted and inheritable sets with one capset(2) (the caps crate reads and writes
+/// once per set).
+fn capset(
+    effective: &[caps::Capability],
+    permitted: &[caps::Capability],
+    inheritable: &[caps::Capability],
+) -> Result<(), Errno> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mask = |v: &[caps::Capability]| v.iter().fold(0u64, |m, c| m | c.bitmask());
+    let (e, p, i) = (mask(effective), mask(permitted), mask(inheritable));
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: e as u32,
+            permitted: p as u32,
+            inheritable: i as u32,
+        },
+        Data {
+            effective: (e >> 32) as u32,
+            permitted: (p >> 32) as u32,
+            inheritable: (i >> 32) as u32,
+        },
+    ];
+    // SAFETY: capset reads a version-3 header and the two data words it implies, both live locals.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    Errno::result(r).map(drop)
 }
 
 /// execve with PATH search; 127 when not found, 126 when found but not executable.
@@ -529,27 +666,45 @@ fn restrict_mount(path: &Path, f: Flags, recursive: bool) -> Result<(), Errno> {
     }
 }
 
+/// Runs `make` (which creates `path`); when the parent directory is missing, creates it and tries again.
+/// Most parents exist, so this is one syscall where create_dir_all would make several.
+fn with_parents(path: &Path, make: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+    match make() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            make()
+        }
+        r => r,
+    }
+}
+
+/// `mkdir -p`: a directory at `path`, existing or new.
+fn mkdir_p(path: &Path) -> std::io::Result<()> {
+    with_parents(path, || match std::fs::create_dir(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        r => r,
+    })
+}
+
 /// Creates a mountpoint at `dst` matching the kind of `src` (directory or file).
 fn make_mountpoint(dst: &Path, dir: bool) -> std::io::Result<()> {
     if dir {
-        return std::fs::create_dir_all(dst);
+        return mkdir_p(dst);
     }
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dst)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if dst.exists() => {
-            let _ = e;
-            Ok(())
+    with_parents(dst, || {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dst)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound && dst.exists() => Ok(()),
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
-    }
+    })
 }
 
 fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd) {
@@ -768,8 +923,7 @@ fn apply(op: &Op, st: RawFd) {
             data,
         } => {
             let full = in_root(NEWROOT, dst);
-            std::fs::create_dir_all(&full)
-                .or_fail(st, &|| format!("creating mountpoint {}", dst.display()));
+            mkdir_p(&full).or_fail(st, &|| format!("creating mountpoint {}", dst.display()));
             let data = (!data.is_empty()).then_some(data.as_str());
             mount(
                 Some(source.as_str()),
@@ -807,18 +961,14 @@ fn apply(op: &Op, st: RawFd) {
         }
         Op::Symlink { target, link } => {
             let full = in_root(NEWROOT, link);
-            if let Some(p) = full.parent() {
-                std::fs::create_dir_all(p).or_fail(st, &|| format!("mkdir {}", p.display()));
-            }
-            match std::os::unix::fs::symlink(target, &full) {
+            match with_parents(&full, || std::os::unix::fs::symlink(target, &full)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => fail(st, 125, &format!("symlink {}: {e}", link.display())),
             }
         }
         Op::Mkdir { path } => {
-            std::fs::create_dir_all(in_root(NEWROOT, path))
-                .or_fail(st, &|| format!("mkdir {}", path.display()));
+            mkdir_p(&in_root(NEWROOT, path)).or_fail(st, &|| format!("mkdir {}", path.display()));
         }
         Op::WriteFile { path, contents } => {
             std::fs::write(in_root(NEWROOT, path), contents)

@@ -32,6 +32,26 @@ pub enum IdMap {
 }
 
 impl IdMap {
+    /// Whether setuid helpers write this map (pid 1 then waits for them to start before its own work).
+    pub fn helpers_first(&self) -> bool {
+        matches!(self, IdMap::Range { .. })
+    }
+
+    /// Whether the sandbox's pid 1 writes this map itself (a single id, its own: the kernel allows that
+    /// without privilege, as bubblewrap does). The supervisor's writes to /proc/PID would wait for pid 1 to
+    /// finish creating its other namespaces; pid 1's own do not.
+    pub fn written_by_child(&self) -> bool {
+        // A direct map with setgroups denied is an unprivileged caller mapping only its own ids.
+        matches!(
+            self,
+            IdMap::Single { .. }
+                | IdMap::Direct {
+                    deny_setgroups: true,
+                    ..
+                }
+        )
+    }
+
     /// Whether setgroups(2) is denied inside (single-id maps written by an unprivileged caller).
     pub fn denies_setgroups(&self) -> bool {
         match self {
@@ -99,10 +119,32 @@ pub fn keep_id(job: u32, caller: u32, sub: (u32, u32)) -> Vec<Extent> {
     v
 }
 
-fn have_helper(name: &str) -> bool {
+/// Where the setuid helper `name` is installed (run by absolute path: no PATH search, no PATH surprises).
+fn helper(name: &str) -> Option<std::path::PathBuf> {
     ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
         .iter()
-        .any(|d| Path::new(d).join(name).exists())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+/// The name of `uid`, as newuidmap will look it up: /etc/passwd first (one read, where nearly every
+/// subuid owner is), then the system's name service (LDAP and the like).
+pub fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd_name(&passwd, uid).or_else(|| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    })
+}
+
+fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// Chooses the mapping for a caller (`host_uid`, `host_gid`, user name) and the job's (`uid`, `gid`).
@@ -129,7 +171,7 @@ pub fn choose(
     if host_uid == 0 {
         return (single, None);
     }
-    if !have_helper("newuidmap") || !have_helper("newgidmap") {
+    if helper("newuidmap").is_none() || helper("newgidmap").is_none() {
         return (
             single,
             Some("newuidmap/newgidmap not installed (package uidmap): mapping a single id, so root and the job user are the same inside".into()),
@@ -159,8 +201,32 @@ fn write(path: String, data: &str) -> Result<(), IdMapError> {
     std::fs::write(&path, data).map_err(|source| IdMapError::Write { path, source })
 }
 
-/// Writes the mapping for process `pid` (which must still be waiting for it).
-pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
+/// Writes a map that [`IdMap::written_by_child`] says the new user namespace's first process writes to
+/// /proc/self; does nothing for the other kinds.
+pub fn apply_own(map: &IdMap) -> Result<(), IdMapError> {
+    if map.written_by_child() {
+        write_maps("self", map)
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes the mapping for process `pid` (which must still be waiting for it). `spawned` runs once the
+/// setuid helpers of a range map are running (before they finish), or after the maps are written.
+pub fn apply(pid: i32, map: &IdMap, spawned: &mut dyn FnMut()) -> Result<(), IdMapError> {
+    apply_to(&pid.to_string(), map, spawned)
+}
+
+fn apply_to(pid: &str, map: &IdMap, spawned: &mut dyn FnMut()) -> Result<(), IdMapError> {
+    if !matches!(map, IdMap::Range { .. }) {
+        let r = write_maps(pid, map);
+        spawned();
+        return r;
+    }
+    write_maps_with_helpers(pid, map, spawned)
+}
+
+fn write_maps(pid: &str, map: &IdMap) -> Result<(), IdMapError> {
     match map {
         IdMap::Single { uid, gid } => {
             write(format!("/proc/{pid}/setgroups"), "deny")?;
@@ -184,11 +250,24 @@ pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
             write(format!("/proc/{pid}/uid_map"), &lines(uid))?;
             write(format!("/proc/{pid}/gid_map"), &lines(gid))
         }
+        IdMap::Range { .. } => unreachable!("range maps are written by the helpers"),
+    }
+}
+
+fn write_maps_with_helpers(
+    pid: &str,
+    map: &IdMap,
+    spawned: &mut dyn FnMut(),
+) -> Result<(), IdMapError> {
+    match map {
         IdMap::Range { uid, gid } => {
             // Run both helpers at once: they are setuid programs and dominate start-up time when serialised.
             let spawn = |tool: &'static str, ext: &[Extent]| {
-                let mut c = Command::new(tool);
-                c.arg(pid.to_string());
+                let mut c = Command::new(helper(tool).ok_or(IdMapError::Helper {
+                    tool,
+                    message: "not installed (package uidmap)".into(),
+                })?);
+                c.arg(pid);
                 for e in ext {
                     c.args([
                         e.inside.to_string(),
@@ -206,6 +285,7 @@ pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
             };
             let u = spawn("newuidmap", uid)?;
             let g = spawn("newgidmap", gid)?;
+            spawned();
             for (tool, child) in [("newuidmap", u), ("newgidmap", g)] {
                 let out = child.wait_with_output().map_err(|e| IdMapError::Helper {
                     tool,
@@ -220,12 +300,46 @@ pub fn apply(pid: i32, map: &IdMap) -> Result<(), IdMapError> {
             }
             Ok(())
         }
+        other => write_maps(pid, other),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_writes_which_map() {
+        let e = Extent {
+            inside: 1000,
+            outside: 1001,
+            count: 1,
+        };
+        let direct = |deny_setgroups| IdMap::Direct {
+            uid: vec![e],
+            gid: vec![e],
+            deny_setgroups,
+        };
+        let range = IdMap::Range {
+            uid: vec![e],
+            gid: vec![e],
+        };
+        // pid 1 writes its own one-id maps; privileged maps are the supervisor's, ranges the helpers'
+        assert!(IdMap::Single { uid: e, gid: e }.written_by_child());
+        assert!(direct(true).written_by_child());
+        assert!(!direct(false).written_by_child());
+        assert!(!range.written_by_child());
+        assert!(range.helpers_first() && !direct(true).helpers_first());
+    }
+
+    #[test]
+    fn passwd_names_by_uid() {
+        let p = "root:x:0:0:root:/root:/bin/bash\n# comment\n\njc:x:1001:1001::/home/jc:/bin/sh\n";
+        assert_eq!(passwd_name(p, 1001).as_deref(), Some("jc"));
+        assert_eq!(passwd_name(p, 0).as_deref(), Some("root"));
+        assert_eq!(passwd_name(p, 1002), None);
+        assert_eq!(passwd_name(":x:5:5::/:/bin/sh\n", 5), None);
+    }
 
     #[test]
     fn finds_ranges_by_name_or_id() {

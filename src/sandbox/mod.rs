@@ -316,10 +316,7 @@ fn id_map(spec: &Spec, uid: u32, gid: u32) -> (idmap::IdMap, Option<String>) {
         }
         return (idmap::IdMap::Range { uid: u, gid: g }, None);
     }
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name);
+    let user = idmap::user_name(host_uid);
     idmap::choose(host_uid, host_gid, user.as_deref(), uid, gid)
 }
 
@@ -392,6 +389,10 @@ fn process_config(
         oom_score_adj: process.oom_score_adj(),
         join: Vec::new(),
         join_pidfd: None,
+        own_map: None,
+        wait_for_helpers: false,
+        unshare: CloneFlags::empty(),
+        unshare_cgroup: false,
         new_netns: false,
         forward: forwarded_signals(),
         mode,
@@ -511,6 +512,11 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         hostname: spec.hostname().clone(),
         domainname: spec.domainname().clone(),
         join,
+        own_map: (new_userns && map.written_by_child()).then(|| map.clone()),
+        wait_for_helpers: new_userns && map.helpers_first(),
+        unshare: flags
+            & !(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWCGROUP),
+        unshare_cgroup: flags.contains(CloneFlags::CLONE_NEWCGROUP),
         new_netns: flags.contains(CloneFlags::CLONE_NEWNET),
         ..process_config(
             spec,
@@ -538,8 +544,13 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
             limits.reason.as_deref().unwrap_or("unknown")
         ));
     }
-    for w in warnings {
-        eprintln!("jobcell: warning: {w}");
+    if !warnings.is_empty() {
+        // One write: stderr is unbuffered and eprintln! writes each piece separately.
+        let text: String = warnings
+            .iter()
+            .map(|w| format!("jobcell: warning: {w}\n"))
+            .collect();
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
     }
 
     let (sync_r, sync_w) = pipe()?;
@@ -551,12 +562,17 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     let signals = SignalFd::with_flags(&fwd, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(sys("signalfd"))?;
 
+    // clone3 creates only the user and pid namespaces. Pid 1 unshares the others itself (the network
+    // namespace is the costly one) while this process runs the id-map helpers, so the two overlap; the cgroup
+    // namespace comes last, once pid 1 is surely in its cgroup.
+    let clone_flags =
+        (flags & (CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID)).bits() as u64;
     // Kernels before 5.7 have no CLONE_INTO_CGROUP: clone outside and move pid 1 in before releasing it.
     let into_cgroup = std::env::var_os("JOBCELL_NO_CLONE_INTO_CGROUP").is_none();
-    let mut cloned = clone3(flags.bits() as u64, cg.as_ref().filter(|_| into_cgroup));
+    let mut cloned = clone3(clone_flags, cg.as_ref().filter(|_| into_cgroup));
     let mut move_in = !into_cgroup && cg.is_some();
     if matches!(cloned, Err(Errno::EINVAL) | Err(Errno::E2BIG)) && cg.is_some() && into_cgroup {
-        cloned = clone3(flags.bits() as u64, None);
+        cloned = clone3(clone_flags, None);
         move_in = true;
     }
     let (pid, pidfd) = match cloned {
@@ -603,9 +619,16 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         .as_ref()
         .map(|c| (c.state_json)(pid))
         .unwrap_or_default();
+    let mut sync = std::fs::File::from(sync_w);
     let release = (|| {
-        if new_userns {
-            idmap::apply(pid, &map)?;
+        if new_userns && !map.written_by_child() {
+            // Pid 1 starts its own work (new namespaces) only once the helpers run: started earlier, it
+            // would compete with this process for a CPU and delay spawning the second helper.
+            idmap::apply(pid, &map, &mut || {
+                if map.helpers_first() {
+                    let _ = std::io::Write::write_all(&mut sync, b"s");
+                }
+            })?;
         }
         if let (true, Some(c)) = (move_in, &sandbox.cgroup) {
             c.add_process(pid)?;
@@ -625,13 +648,21 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         let mut msg = Vec::with_capacity(1 + state.len());
         msg.push(b'g');
         msg.extend_from_slice(&state);
-        std::io::Write::write_all(&mut std::fs::File::from(sync_w), &msg)
+        std::io::Write::write_all(&mut sync, &msg)
             .map_err(|e| LaunchError::Spec(format!("releasing pid 1: {e}")))
     })();
+    // EOF after the release message: pid 1 reads to the end of the pipe.
+    drop(sync);
     if let Err(e) = release {
         sandbox.kill();
         let _ = sandbox.reap();
-        return Err(e);
+        // Pid 1 may have failed first (e.g. a namespace it could not create): its reason is the real one.
+        let mut text = String::new();
+        let _ = sandbox.status.read_to_string(&mut text);
+        return Err(match child::parse_status(&text).0 {
+            Some((_, msg)) => LaunchError::Spec(msg),
+            None => e,
+        });
     }
     if container.is_some() {
         sandbox.wait_ready()?;
