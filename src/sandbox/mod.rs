@@ -1,7 +1,9 @@
 //! The sandbox launcher: one path from an OCI [`Spec`] to a running, supervised sandbox and its [`Outcome`].
 //!
 //! `launch` compiles the seccomp filter, plans the filesystem, prepares the cgroup, then clone3()s pid 1 into
-//! new user/mount/pid/ipc/uts/net/cgroup namespaces, writes its id maps and releases it. `Sandbox::wait`
+//! new user and pid namespaces. Pid 1 writes a one-id map itself and unshares mount/ipc/uts/net while the
+//! supervisor runs newuidmap/newgidmap for a range map (the two overlap), then waits to be released; the
+//! cgroup namespace comes after release. `Sandbox::wait`
 //! forwards the supervisor's signals, enforces the timeout (SIGKILL of pid 1 tears the whole pid namespace
 //! down) and collects the outcome. pid 1 dies with the supervisor (PR_SET_PDEATHSIG), so nothing outlives it.
 
