@@ -94,10 +94,9 @@ pub struct ChildConfig {
     pub join: Vec<(nix::sched::CloneFlags, PathBuf)>,
     /// OCI `exec`: a pidfd of the container's pid 1 and the namespaces to join through it.
     pub join_pidfd: Option<(RawFd, nix::sched::CloneFlags)>,
-    /// An id map pid 1 writes for itself (see [`super::idmap::IdMap::written_by_child`]).
-    pub own_map: Option<super::idmap::IdMap>,
-    /// Wait for the supervisor's `s` (id-map helpers started) before creating namespaces.
-    pub wait_for_helpers: bool,
+    /// The map of the user namespace clone3 created: pid 1 writes it itself when it may
+    /// ([`super::idmap::IdMap::written_by_child`]), or waits for the supervisor's `s` (helpers started).
+    pub userns_map: Option<super::idmap::IdMap>,
     /// Namespaces pid 1 creates itself before it is released (clone3 made only the user and pid ones).
     pub unshare: nix::sched::CloneFlags,
     /// Create the cgroup namespace once released (pid 1 is then in its cgroup, also on the move-in path).
@@ -154,15 +153,16 @@ pub fn init_main(cfg: &ChildConfig, sync: OwnedFd, status: OwnedFd) -> ! {
     }
     // Work that needs no id map overlaps with the supervisor writing it (newuidmap/newgidmap are slow).
     let mut sync = std::fs::File::from(sync);
-    if cfg.wait_for_helpers {
-        let mut b = [0u8; 1];
-        if !matches!(std::io::Read::read(&mut sync, &mut b), Ok(1)) || b[0] != b's' {
-            // SAFETY: _exit without destructors; the supervisor gave up on us (or died).
-            unsafe { libc::_exit(125) };
+    match &cfg.userns_map {
+        Some(map) if map.helpers_first() => {
+            let mut b = [0u8; 1];
+            if !matches!(std::io::Read::read(&mut sync, &mut b), Ok(1)) || b[0] != b's' {
+                // SAFETY: _exit without destructors; the supervisor gave up on us (or died).
+                unsafe { libc::_exit(125) };
+            }
         }
-    }
-    if let Some(map) = &cfg.own_map {
-        super::idmap::apply_own(map).or_fail(st, &|| "writing the id map".into());
+        Some(map) => super::idmap::apply_own(map).or_fail(st, &|| "writing the id map".into()),
+        None => {}
     }
     if !cfg.unshare.is_empty() {
         nix::sched::unshare(cfg.unshare)

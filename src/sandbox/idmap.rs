@@ -19,11 +19,10 @@ pub struct Extent {
 /// How the sandbox's ids are mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdMap {
-    /// One id each, written directly to /proc/PID/{uid,gid}_map with setgroups denied.
-    Single { uid: Extent, gid: Extent },
     /// Full ranges, written by the setuid helpers newuidmap/newgidmap.
     Range { uid: Vec<Extent>, gid: Vec<Extent> },
-    /// Maps written directly (as root, or an unprivileged caller mapping only its own ids).
+    /// Maps written directly: as root any maps; unprivileged only the caller's own ids, one each, with
+    /// setgroups denied (the kernel's rule, and then the sandbox's pid 1 writes them itself).
     Direct {
         uid: Vec<Extent>,
         gid: Vec<Extent>,
@@ -32,33 +31,36 @@ pub enum IdMap {
 }
 
 impl IdMap {
+    /// The caller's own ids as the job's (`inside`), one each, setgroups denied: the map an unprivileged
+    /// process may write without help.
+    pub fn single(uid: Extent, gid: Extent) -> IdMap {
+        IdMap::Direct {
+            uid: vec![uid],
+            gid: vec![gid],
+            deny_setgroups: true,
+        }
+    }
+
     /// Whether setuid helpers write this map (pid 1 then waits for them to start before its own work).
     pub fn helpers_first(&self) -> bool {
         matches!(self, IdMap::Range { .. })
     }
 
-    /// Whether the sandbox's pid 1 writes this map itself (a single id, its own: the kernel allows that
-    /// without privilege, as bubblewrap does). The supervisor's writes to /proc/PID would wait for pid 1 to
-    /// finish creating its other namespaces; pid 1's own do not.
+    /// Whether the sandbox's pid 1 writes this map itself (its own single ids, as bubblewrap does). The
+    /// supervisor's writes to /proc/PID would wait for pid 1 to finish creating its other namespaces.
     pub fn written_by_child(&self) -> bool {
-        // A direct map with setgroups denied is an unprivileged caller mapping only its own ids.
-        matches!(
-            self,
-            IdMap::Single { .. }
-                | IdMap::Direct {
-                    deny_setgroups: true,
-                    ..
-                }
-        )
+        self.denies_setgroups()
     }
 
     /// Whether setgroups(2) is denied inside (single-id maps written by an unprivileged caller).
     pub fn denies_setgroups(&self) -> bool {
-        match self {
-            IdMap::Single { .. } => true,
-            IdMap::Range { .. } => false,
-            IdMap::Direct { deny_setgroups, .. } => *deny_setgroups,
-        }
+        matches!(
+            self,
+            IdMap::Direct {
+                deny_setgroups: true,
+                ..
+            }
+        )
     }
 }
 
@@ -156,18 +158,12 @@ pub fn choose(
     uid: u32,
     gid: u32,
 ) -> (IdMap, Option<String>) {
-    let single = IdMap::Single {
-        uid: Extent {
-            inside: uid,
-            outside: host_uid,
-            count: 1,
-        },
-        gid: Extent {
-            inside: gid,
-            outside: host_gid,
-            count: 1,
-        },
+    let one = |inside, outside| Extent {
+        inside,
+        outside,
+        count: 1,
     };
+    let single = IdMap::single(one(uid, host_uid), one(gid, host_gid));
     if host_uid == 0 {
         return (single, None);
     }
@@ -204,104 +200,84 @@ fn write(path: String, data: &str) -> Result<(), IdMapError> {
 /// Writes a map that [`IdMap::written_by_child`] says the new user namespace's first process writes to
 /// /proc/self; does nothing for the other kinds.
 pub fn apply_own(map: &IdMap) -> Result<(), IdMapError> {
-    if map.written_by_child() {
-        write_maps("self", map)
-    } else {
-        Ok(())
-    }
-}
-
-/// Writes the mapping for process `pid` (which must still be waiting for it). `spawned` runs once the
-/// setuid helpers of a range map are running (before they finish), or after the maps are written.
-pub fn apply(pid: i32, map: &IdMap, spawned: &mut dyn FnMut()) -> Result<(), IdMapError> {
-    apply_to(&pid.to_string(), map, spawned)
-}
-
-fn apply_to(pid: &str, map: &IdMap, spawned: &mut dyn FnMut()) -> Result<(), IdMapError> {
-    if !matches!(map, IdMap::Range { .. }) {
-        let r = write_maps(pid, map);
-        spawned();
-        return r;
-    }
-    write_maps_with_helpers(pid, map, spawned)
-}
-
-fn write_maps(pid: &str, map: &IdMap) -> Result<(), IdMapError> {
     match map {
-        IdMap::Single { uid, gid } => {
-            write(format!("/proc/{pid}/setgroups"), "deny")?;
-            write(
-                format!("/proc/{pid}/uid_map"),
-                &format!("{} {} 1\n", uid.inside, uid.outside),
-            )?;
-            write(
-                format!("/proc/{pid}/gid_map"),
-                &format!("{} {} 1\n", gid.inside, gid.outside),
-            )
+        IdMap::Direct { uid, gid, .. } if map.written_by_child() => {
+            write_direct("self", uid, gid, true)
         }
+        _ => Ok(()),
+    }
+}
+
+/// Writes the mapping for process `pid` (which must still be waiting for it). `helpers_started` runs once
+/// the setuid helpers of a range map are running, before they finish; it is not called for direct maps.
+pub fn apply(pid: i32, map: &IdMap, helpers_started: &mut dyn FnMut()) -> Result<(), IdMapError> {
+    match map {
         IdMap::Direct {
             uid,
             gid,
             deny_setgroups,
-        } => {
-            if *deny_setgroups {
-                write(format!("/proc/{pid}/setgroups"), "deny")?;
-            }
-            write(format!("/proc/{pid}/uid_map"), &lines(uid))?;
-            write(format!("/proc/{pid}/gid_map"), &lines(gid))
-        }
-        IdMap::Range { .. } => unreachable!("range maps are written by the helpers"),
+        } => write_direct(&pid.to_string(), uid, gid, *deny_setgroups),
+        IdMap::Range { uid, gid } => run_helpers(pid, uid, gid, helpers_started),
     }
 }
 
-fn write_maps_with_helpers(
+fn write_direct(
     pid: &str,
-    map: &IdMap,
-    spawned: &mut dyn FnMut(),
+    uid: &[Extent],
+    gid: &[Extent],
+    deny_setgroups: bool,
 ) -> Result<(), IdMapError> {
-    match map {
-        IdMap::Range { uid, gid } => {
-            // Run both helpers at once: they are setuid programs and dominate start-up time when serialised.
-            let spawn = |tool: &'static str, ext: &[Extent]| {
-                let mut c = Command::new(helper(tool).ok_or(IdMapError::Helper {
-                    tool,
-                    message: "not installed (package uidmap)".into(),
-                })?);
-                c.arg(pid);
-                for e in ext {
-                    c.args([
-                        e.inside.to_string(),
-                        e.outside.to_string(),
-                        e.count.to_string(),
-                    ]);
-                }
-                c.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
-                c.spawn().map_err(|e| IdMapError::Helper {
-                    tool,
-                    message: e.to_string(),
-                })
-            };
-            let u = spawn("newuidmap", uid)?;
-            let g = spawn("newgidmap", gid)?;
-            spawned();
-            for (tool, child) in [("newuidmap", u), ("newgidmap", g)] {
-                let out = child.wait_with_output().map_err(|e| IdMapError::Helper {
-                    tool,
-                    message: e.to_string(),
-                })?;
-                if !out.status.success() {
-                    return Err(IdMapError::Helper {
-                        tool,
-                        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    });
-                }
-            }
-            Ok(())
-        }
-        other => write_maps(pid, other),
+    if deny_setgroups {
+        write(format!("/proc/{pid}/setgroups"), "deny")?;
     }
+    write(format!("/proc/{pid}/uid_map"), &lines(uid))?;
+    write(format!("/proc/{pid}/gid_map"), &lines(gid))
+}
+
+fn run_helpers(
+    pid: i32,
+    uid: &[Extent],
+    gid: &[Extent],
+    helpers_started: &mut dyn FnMut(),
+) -> Result<(), IdMapError> {
+    // Run both helpers at once: they are setuid programs and dominate start-up time when serialised.
+    let spawn = |tool: &'static str, ext: &[Extent]| {
+        let mut c = Command::new(helper(tool).ok_or(IdMapError::Helper {
+            tool,
+            message: "not installed (package uidmap)".into(),
+        })?);
+        c.arg(pid.to_string());
+        for e in ext {
+            c.args([
+                e.inside.to_string(),
+                e.outside.to_string(),
+                e.count.to_string(),
+            ]);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c.spawn().map_err(|e| IdMapError::Helper {
+            tool,
+            message: e.to_string(),
+        })
+    };
+    let u = spawn("newuidmap", uid)?;
+    let g = spawn("newgidmap", gid)?;
+    helpers_started();
+    for (tool, child) in [("newuidmap", u), ("newgidmap", g)] {
+        let out = child.wait_with_output().map_err(|e| IdMapError::Helper {
+            tool,
+            message: e.to_string(),
+        })?;
+        if !out.status.success() {
+            return Err(IdMapError::Helper {
+                tool,
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -325,7 +301,7 @@ mod tests {
             gid: vec![e],
         };
         // pid 1 writes its own one-id maps; privileged maps are the supervisor's, ranges the helpers'
-        assert!(IdMap::Single { uid: e, gid: e }.written_by_child());
+        assert!(IdMap::single(e, e).written_by_child());
         assert!(direct(true).written_by_child());
         assert!(!direct(false).written_by_child());
         assert!(!range.written_by_child());

@@ -118,6 +118,18 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x200000000;
 
+/// The namespaces clone3 creates; pid 1 unshares the others itself (see `launch`).
+const BORN_WITH: CloneFlags = CloneFlags::CLONE_NEWUSER.union(CloneFlags::CLONE_NEWPID);
+
+/// Prints warnings in one write (stderr is unbuffered and eprintln! writes each piece separately).
+fn print_warnings(warnings: &[String]) {
+    let text: String = warnings
+        .iter()
+        .map(|w| format!("jobcell: warning: {w}\n"))
+        .collect();
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+}
+
 fn rlimit_resource(t: PosixRlimitType) -> Option<nix::sys::resource::Resource> {
     use nix::sys::resource::Resource as R;
     Some(match t {
@@ -391,8 +403,7 @@ fn process_config(
         oom_score_adj: process.oom_score_adj(),
         join: Vec::new(),
         join_pidfd: None,
-        own_map: None,
-        wait_for_helpers: false,
+        userns_map: None,
         unshare: CloneFlags::empty(),
         unshare_cgroup: false,
         new_netns: false,
@@ -514,10 +525,8 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         hostname: spec.hostname().clone(),
         domainname: spec.domainname().clone(),
         join,
-        own_map: (new_userns && map.written_by_child()).then(|| map.clone()),
-        wait_for_helpers: new_userns && map.helpers_first(),
-        unshare: flags
-            & !(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWCGROUP),
+        userns_map: new_userns.then(|| map.clone()),
+        unshare: flags - BORN_WITH - CloneFlags::CLONE_NEWCGROUP,
         unshare_cgroup: flags.contains(CloneFlags::CLONE_NEWCGROUP),
         new_netns: flags.contains(CloneFlags::CLONE_NEWNET),
         ..process_config(
@@ -546,14 +555,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
             limits.reason.as_deref().unwrap_or("unknown")
         ));
     }
-    if !warnings.is_empty() {
-        // One write: stderr is unbuffered and eprintln! writes each piece separately.
-        let text: String = warnings
-            .iter()
-            .map(|w| format!("jobcell: warning: {w}\n"))
-            .collect();
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
-    }
+    print_warnings(&warnings);
 
     let (sync_r, sync_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -567,8 +569,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     // clone3 creates only the user and pid namespaces. Pid 1 unshares the others itself (the network
     // namespace is the costly one) while this process runs the id-map helpers, so the two overlap; the cgroup
     // namespace comes last, once pid 1 is surely in its cgroup.
-    let clone_flags =
-        (flags & (CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID)).bits() as u64;
+    let clone_flags = (flags & BORN_WITH).bits() as u64;
     // Kernels before 5.7 have no CLONE_INTO_CGROUP: clone outside and move pid 1 in before releasing it.
     let into_cgroup = std::env::var_os("JOBCELL_NO_CLONE_INTO_CGROUP").is_none();
     let mut cloned = clone3(clone_flags, cg.as_ref().filter(|_| into_cgroup));
@@ -627,9 +628,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
             // Pid 1 starts its own work (new namespaces) only once the helpers run: started earlier, it
             // would compete with this process for a CPU and delay spawning the second helper.
             idmap::apply(pid, &map, &mut || {
-                if map.helpers_first() {
-                    let _ = std::io::Write::write_all(&mut sync, b"s");
-                }
+                let _ = std::io::Write::write_all(&mut sync, b"s");
             })?;
         }
         if let (true, Some(c)) = (move_in, &sandbox.cgroup) {
@@ -882,9 +881,7 @@ pub fn exec_in(
     };
     let mut warnings = Vec::new();
     let cfg = process_config(spec, process, false, !setgroups_denied, mode, &mut warnings)?;
-    for w in warnings {
-        eprintln!("jobcell: warning: {w}");
-    }
+    print_warnings(&warnings);
     let mut ns = CloneFlags::empty();
     for (name, flag) in [
         ("user", CloneFlags::CLONE_NEWUSER),
