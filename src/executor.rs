@@ -473,7 +473,7 @@ impl JobCtx {
             axum::serve(listener, crate::api::sandbox_router(state.clone())).into_future(),
         );
         let _server_guard = AbortOnDrop(server);
-        let (token, _) = mint_token(&state.secrets, exec, job_id)
+        let (token, _) = mint_token(&state.secrets, exec, job_id, crate::api::auth::ALL_SCOPES)
             .map_err(|e| ExecutorError::InvalidJob(e.to_string()))?;
         let mut launch = build_launch(&self.exe, &spec, &dirs, exec, &token)?;
         // ACTIONS_CACHE_URL / ACTIONS_RUNTIME_TOKEN and the in-sandbox cache listener.

@@ -94,29 +94,24 @@ struct ConfigFile {
     jwt_issuer: Option<String>,
 }
 
+/// One secret: its name (also the state file's), and the environment variables that may supply it.
 struct Spec {
     name: &'static str,
     env: &'static [&'static str],
-    file: &'static str,
 }
 
-const SPECS: [Spec; 3] = [
-    Spec {
-        name: "internal_api_key",
-        env: &["JOBCELL_INTERNAL_API_KEY", "INTERNAL_API_KEY"],
-        file: "internal_api_key",
-    },
-    Spec {
-        name: "jwt_secret",
-        env: &["JOBCELL_JWT_SECRET"],
-        file: "jwt_secret",
-    },
-    Spec {
-        name: "cache_secret",
-        env: &["JOBCELL_CACHE_SECRET"],
-        file: "cache_secret",
-    },
-];
+const INTERNAL_API_KEY: Spec = Spec {
+    name: "internal_api_key",
+    env: &["JOBCELL_INTERNAL_API_KEY", "INTERNAL_API_KEY"],
+};
+const JWT_SECRET: Spec = Spec {
+    name: "jwt_secret",
+    env: &["JOBCELL_JWT_SECRET"],
+};
+const CACHE_SECRET: Spec = Spec {
+    name: "cache_secret",
+    env: &["JOBCELL_CACHE_SECRET"],
+};
 
 impl Secrets {
     /// Loads secrets with precedence environment > config file > state directory file >
@@ -138,25 +133,28 @@ impl Secrets {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|e| SecretsError::Config {
+                let cfg: ConfigFile = toml::from_str(&text).map_err(|e| SecretsError::Config {
                     path: p.to_path_buf(),
                     message: e.to_string(),
-                })?
+                })?;
+                // A config file that carries a secret must be as private as the state files.
+                if cfg.internal_api_key.is_some()
+                    || cfg.jwt_secret.is_some()
+                    || cfg.cache_secret.is_some()
+                {
+                    refuse_if_shared(p)?;
+                }
+                cfg
             }
         };
         let dir = state_dir.join("secrets");
-        let mut out = Vec::with_capacity(3);
-        for spec in &SPECS {
-            let from_cfg = match spec.name {
-                "internal_api_key" => cfg.internal_api_key.clone(),
-                "jwt_secret" => cfg.jwt_secret.clone(),
-                _ => cfg.cache_secret.clone(),
-            };
+        // Precedence: the first non-empty environment variable, the config file, the state file.
+        let pick = |spec: &Spec, from_cfg: Option<String>| -> Result<Secret, SecretsError> {
             let secret = if let Some(v) = spec
                 .env
                 .iter()
-                .find_map(|k| env(k))
-                .filter(|v| !v.is_empty())
+                .filter_map(|k| env(k))
+                .find(|v| !v.is_empty())
             {
                 Secret {
                     value: v,
@@ -168,16 +166,16 @@ impl Secrets {
                     source: Source::Config,
                 }
             } else {
-                load_or_generate(&dir, spec.file)?
+                load_or_generate(&dir, spec.name)?
             };
             if secret.value.len() < MIN_SECRET_LEN {
                 return Err(SecretsError::TooShort { name: spec.name });
             }
-            out.push(secret);
-        }
-        let cache_secret = out.pop().expect("three secrets");
-        let jwt_secret = out.pop().expect("three secrets");
-        let internal_api_key = out.pop().expect("three secrets");
+            Ok(secret)
+        };
+        let internal_api_key = pick(&INTERNAL_API_KEY, cfg.internal_api_key)?;
+        let jwt_secret = pick(&JWT_SECRET, cfg.jwt_secret)?;
+        let cache_secret = pick(&CACHE_SECRET, cfg.cache_secret)?;
         let jwt_issuer = env("JOBCELL_JWT_ISSUER")
             .or(cfg.jwt_issuer)
             .filter(|s| !s.is_empty())
@@ -207,20 +205,29 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
     }
 }
 
+/// Refuses a file holding a secret that its group or others may read or write.
+fn refuse_if_shared(path: &Path) -> Result<(), SecretsError> {
+    let mode = fs::metadata(path)
+        .map_err(io_err(path))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecretsError::InsecureFile {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn load_or_generate(dir: &Path, name: &str) -> Result<Secret, SecretsError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
     let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(v) => {
-            let mode = fs::metadata(&path)
-                .map_err(io_err(&path))?
-                .permissions()
-                .mode()
-                & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(SecretsError::InsecureFile { path, mode });
-            }
+            refuse_if_shared(&path)?;
             return Ok(Secret {
                 value: v.trim().to_string(),
                 source: Source::File,
@@ -291,8 +298,17 @@ mod tests {
             "jwt_secret = \"from-config-0123456789\"\njwt_issuer = \"me\"\n",
         )
         .unwrap();
-        let s = Secrets::load_with(dir.path(), Some(&cfg), |k| {
-            (k == "INTERNAL_API_KEY").then(|| "from-env-0123456789".to_string())
+        // A config file carrying a secret must be private, like the state files.
+        assert!(matches!(
+            Secrets::load_with(dir.path(), Some(&cfg), |_| None),
+            Err(SecretsError::InsecureFile { .. })
+        ));
+        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o600)).unwrap();
+        // An empty JOBCELL_INTERNAL_API_KEY does not hide a set INTERNAL_API_KEY.
+        let s = Secrets::load_with(dir.path(), Some(&cfg), |k| match k {
+            "JOBCELL_INTERNAL_API_KEY" => Some(String::new()),
+            "INTERNAL_API_KEY" => Some("from-env-0123456789".to_string()),
+            _ => None,
         })
         .unwrap();
         assert_eq!(s.internal_api_key.value, "from-env-0123456789");

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use jobcell::store::now_ms;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn key_and_orchestrator_id_rules() {
@@ -642,7 +642,6 @@ async fn eight_concurrent_claimers_each_job_exactly_once() {
     assert_eq!(counts, vec![("claimed".to_string(), 200)]);
     let r = s.o("x", "GET", "/healthz", None).await;
     assert_eq!(r.body, json!({"status": "ok"}));
-    let _ = Value::Null;
 }
 
 #[tokio::test]
@@ -692,4 +691,66 @@ async fn sandbox_socket_router_serves_the_runtime_api_only() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refused_queries_paths_and_methods_get_json_and_an_audit_row_naming_the_checked_caller() {
+    let s = srv();
+    let (_job, exec, tok) = s.running("alice").await;
+    // A query axum cannot deserialise: JSON 400, not axum's plain-text rejection.
+    let r = s
+        .o("orch-1", "GET", "/api/internal/audit?limit=lots", None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(err_code(&r), "invalid_query");
+    assert!(
+        !String::from_utf8_lossy(&r.raw).contains("deserialize"),
+        "{:?}",
+        r.raw
+    );
+    // A malformed body on a runtime route, with a forged X-Orchestrator-ID: the audit row names the
+    // execution whose token was checked, never the header.
+    let bad = raw(
+        &s.app,
+        axum::http::Request::builder()
+            .method("POST")
+            .uri(format!("/api/runtime/executions/{exec}/output"))
+            .header("authorization", format!("Bearer {tok}"))
+            .header("x-orchestrator-id", "forged")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{not json"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // 405 is JSON on both routers.
+    for app in [s.app.clone(), jobcell::api::sandbox_router(s.state.clone())] {
+        let r = raw(&app, req("DELETE", "/healthz", None, None, None)).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(err_code(&r), "method_not_allowed");
+    }
+    let a = s
+        .o("orch-1", "GET", "/api/internal/audit?limit=1000", None)
+        .await;
+    let ev = a.body["events"].as_array().unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| e["actor"] == "orchestrator:orch-1" && e["result"] == "denied:invalid_query"),
+        "{ev:#?}"
+    );
+    let body_row = ev
+        .iter()
+        .find(|e| {
+            e["result"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("denied:"))
+                && e["target"].as_str().is_some_and(|a| a.contains("/output"))
+        })
+        .unwrap_or_else(|| panic!("no audit row for the refused body: {ev:#?}"));
+    assert_eq!(body_row["actor"], format!("execution:{exec}"), "{body_row}");
+    assert_eq!(body_row["userId"], "alice", "{body_row}");
+    assert!(
+        !ev.iter().any(|e| e["actor"] == "orchestrator:forged"),
+        "{ev:#?}"
+    );
 }

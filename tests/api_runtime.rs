@@ -267,6 +267,29 @@ async fn other_execution_and_missing_scope_are_403() {
     let mut c = claims(&exec_a, &job_a);
     c["scope"] = json!("input:read");
     let limited = sign(Algorithm::HS256, &s.jwt_secret(), &c);
+    // Refreshing it keeps its scope: a refresh never widens a token.
+    let r = s
+        .rt(&limited, "POST", "/api/runtime/token/refresh", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let refreshed = r.body["token"].as_str().unwrap().to_string();
+    let payload = refreshed.split('.').nth(1).unwrap();
+    let claims_back: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims_back["scope"], "input:read");
+    let r = s
+        .rt(
+            &refreshed,
+            "POST",
+            &format!("/api/runtime/executions/{exec_a}/output"),
+            Some(json!({"data": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = s
         .rt(
             &limited,
@@ -307,7 +330,7 @@ async fn other_execution_and_missing_scope_are_403() {
         ev.iter()
             .filter(|e| e["result"] == "denied:scope_missing")
             .count(),
-        5
+        6, // the five writes of the limited token, and the write of its refreshed successor
     );
     assert!(ev
         .iter()

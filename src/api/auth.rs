@@ -91,17 +91,19 @@ impl TokenError {
     }
 }
 
-/// Mints an execution token; returns it with its expiry (unix seconds).
+/// Mints an execution token carrying `scope` (space-separated; [`ALL_SCOPES`] for a new execution, the
+/// old token's scope on refresh, so a refresh never widens it); returns it with its expiry (unix seconds).
 pub fn mint_token(
     secrets: &Secrets,
     execution_id: &str,
     job_id: &str,
+    scope: &str,
 ) -> Result<(String, i64), jsonwebtoken::errors::Error> {
     let now = now_ms() / 1000;
     let claims = ExecClaims {
         execution_id: execution_id.to_string(),
         job_id: job_id.to_string(),
-        scope: ALL_SCOPES.to_string(),
+        scope: scope.to_string(),
         iss: secrets.jwt_issuer.clone(),
         sub: format!("job:{job_id}"),
         iat: now,
@@ -253,6 +255,10 @@ impl FromRequestParts<AppState> for Orchestrator {
             );
             return Err(deny(state, parts, "orchestrator:?", "bad_orchestrator_id", err).await);
         };
+        parts.extensions.insert(super::error::CheckedActor {
+            actor: format!("orchestrator:{id}"),
+            user_id: None,
+        });
         Ok(Orchestrator { id: id.to_string() })
     }
 }
@@ -276,14 +282,7 @@ impl ExecAuth {
         path_exec: &str,
         action: &str,
     ) -> Result<(), ApiError> {
-        let scope = self
-            .claims
-            .scope
-            .split(' ')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        self.require(state, path_exec, &scope, action).await
+        self.check(state, path_exec, None, action).await
     }
 
     /// 403 unless `path_exec` is the token's execution and the token carries `scope`.
@@ -294,9 +293,19 @@ impl ExecAuth {
         scope: &str,
         action: &str,
     ) -> Result<(), ApiError> {
+        self.check(state, path_exec, Some(scope), action).await
+    }
+
+    async fn check(
+        &self,
+        state: &AppState,
+        path_exec: &str,
+        scope: Option<&str>,
+        action: &str,
+    ) -> Result<(), ApiError> {
         let reason = if path_exec != self.claims.execution_id {
             "execution_mismatch"
-        } else if !self.claims.has_scope(scope) {
+        } else if scope.is_some_and(|s| !self.claims.has_scope(s)) {
             "scope_missing"
         } else {
             return Ok(());
@@ -342,7 +351,12 @@ impl FromRequestParts<AppState> for ExecAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        exec_auth(state, parts).await
+        let auth = exec_auth(state, parts).await?;
+        parts.extensions.insert(super::error::CheckedActor {
+            actor: auth.actor(),
+            user_id: Some(auth.exec.user_id.clone()),
+        });
+        Ok(auth)
     }
 }
 

@@ -2,7 +2,8 @@
 //! the log) and the size-limited JSON body extractor (413 over 1 MiB, 400 when malformed).
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -113,6 +114,60 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The caller as an auth extractor verified it, left in the request's extensions for the audit row of a
+/// request refused later (a malformed body, query or path). Absent: the caller is not known.
+#[derive(Debug, Clone)]
+pub struct CheckedActor {
+    pub actor: String,
+    pub user_id: Option<String>,
+}
+
+/// Audits a request refused after authentication, naming the caller the auth extractor checked.
+async fn audit_refused(state: &AppState, ext: &axum::http::Extensions, target: &str, code: &str) {
+    let (actor, user) = match ext.get::<CheckedActor>() {
+        Some(c) => (c.actor.as_str(), c.user_id.as_deref()),
+        None => ("anonymous", None),
+    };
+    state.audit_denied(actor, user, target, code).await;
+}
+
+/// Query string deserialised into `T`; a bad one is a 400 with the generic JSON body (and audited),
+/// never axum's plain-text rejection.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rej) => {
+                let target = format!("{} {}", parts.method, parts.uri.path());
+                audit_refused(state, &parts.extensions, &target, "invalid_query").await;
+                Err(ApiError::bad_request("invalid_query", "invalid query").detail(rej.body_text()))
+            }
+        }
+    }
+}
+
+/// Path parameters deserialised into `T`; like [`ApiQuery`], refusals are generic JSON and audited.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(rej) => {
+                let target = format!("{} {}", parts.method, parts.uri.path());
+                audit_refused(state, &parts.extensions, &target, "invalid_path").await;
+                Err(ApiError::bad_request("invalid_path", "invalid path").detail(rej.body_text()))
+            }
+        }
+    }
+}
+
 /// JSON request body limited to [`MAX_JSON_BODY`] bytes.
 pub struct JsonBody<T>(pub T);
 
@@ -120,21 +175,14 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        // Credentials were checked by the extractors before this one; name the caller for
-        // the audit row of a refused body.
-        let actor = match req
-            .headers()
-            .get("x-orchestrator-id")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(o) => format!("orchestrator:{o}"),
-            None => "execution-token".to_string(),
-        };
+        // Credentials were checked by the extractors before this one (they left the caller in the
+        // extensions); a header is never trusted to name the caller.
         let target = format!("{} {}", req.method(), req.uri().path());
+        let ext = req.extensions().clone();
         match read_json(req).await {
             Ok(v) => Ok(JsonBody(v)),
             Err(e) => {
-                state.audit_denied(&actor, None, &target, e.code).await;
+                audit_refused(state, &ext, &target, e.code).await;
                 Err(e)
             }
         }

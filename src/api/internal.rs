@@ -2,7 +2,7 @@
 //! release, cancel, get job, audit. Every route needs the orchestrator key and id; each
 //! operation and each refusal is audited.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -10,8 +10,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{cache_token, mint_token, Orchestrator};
-use super::error::{ApiError, JsonBody};
+use super::auth::{cache_token, mint_token, Orchestrator, ALL_SCOPES};
+use super::error::{ApiError, ApiPath, ApiQuery, JsonBody};
 use super::model::JobSpec;
 use super::AppState;
 use crate::store::{
@@ -152,7 +152,7 @@ async fn claim(
         let claimed = claim_for(&state, &orch.id, req.batch_size as usize, lease).await?;
         let mut jobs = Vec::with_capacity(claimed.len());
         for c in &claimed {
-            let (token, _) = mint_token(&state.secrets, &c.execution_id, &c.job.id)
+            let (token, _) = mint_token(&state.secrets, &c.execution_id, &c.job.id, ALL_SCOPES)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             jobs.push(json!({
                 "jobId": c.job.id,
@@ -177,7 +177,7 @@ async fn claim(
 async fn heartbeat(
     State(state): State<AppState>,
     orch: Orchestrator,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let r = heartbeat_for(&state, &orch.id, &job_id).await;
     let exp = audited(&state, &orch, None, "job.heartbeat", &job_id, r).await?;
@@ -225,7 +225,7 @@ struct StatusReq {
 async fn set_status(
     State(state): State<AppState>,
     orch: Orchestrator,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
     JsonBody(req): JsonBody<StatusReq>,
 ) -> Result<Json<Value>, ApiError> {
     let r = async {
@@ -269,7 +269,7 @@ struct CompleteReq {
 async fn complete(
     State(state): State<AppState>,
     orch: Orchestrator,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
     JsonBody(req): JsonBody<CompleteReq>,
 ) -> Result<Json<Value>, ApiError> {
     let r = async {
@@ -337,7 +337,7 @@ pub async fn complete_for(
 async fn release(
     State(state): State<AppState>,
     orch: Orchestrator,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let r = release_for(&state, &orch.id, &job_id).await;
     audited(&state, &orch, None, "job.release", &job_id, r).await?;
@@ -370,7 +370,7 @@ pub async fn release_for(
 async fn cancel(
     State(state): State<AppState>,
     orch: Orchestrator,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let j = job_id.clone();
     let r = state.db(move |s| s.cancel(&j, now_ms())).await;
@@ -422,7 +422,7 @@ pub fn job_json(j: &JobRow, execs: &[ExecutionRow]) -> Value {
 async fn get_job(
     State(state): State<AppState>,
     orch: Orchestrator,
-    Path(job_id): Path<String>,
+    ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let j = job_id.clone();
     let r = state
@@ -443,7 +443,7 @@ struct AuditQuery {
 async fn audit(
     State(state): State<AppState>,
     orch: Orchestrator,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let r = async {
         let since = match q.since.as_deref() {

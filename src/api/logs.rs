@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::auth::{bearer, exec_auth, key_matches};
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, ApiQuery};
 use super::AppState;
 use crate::store::{now_ms, LogLine};
 
@@ -120,8 +120,8 @@ struct LogsQuery {
 async fn get_logs(
     State(state): State<AppState>,
     orch: super::auth::Orchestrator,
-    Path(exec): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiPath(exec): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let e = exec.clone();
     let after = q.after.unwrap_or(0);
@@ -153,7 +153,7 @@ async fn get_logs(
 /// WebSocket: the orchestrator key or that execution's own token.
 async fn ws(
     State(state): State<AppState>,
-    Path(exec): Path<String>,
+    ApiPath(exec): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _body) = req.into_parts();

@@ -362,7 +362,7 @@ impl AppState {
 /// The complete router. Cache routes (`/_apis/artifactcache/...`, `/_artifacts/...`) are merged
 /// here by adding `.merge(cache::routes())` next to the other groups.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let r = Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
@@ -371,8 +371,13 @@ pub fn router(state: AppState) -> Router {
         .merge(internal::routes())
         .merge(runtime::routes())
         .merge(logs::routes())
-        .merge(crate::cache::routes())
-        .fallback(|| async { ApiError::not_found() })
+        .merge(crate::cache::routes());
+    finish_router(r, state)
+}
+
+/// What both routers end with: JSON 404/405 bodies, request metrics, the state.
+fn finish_router(r: Router<AppState>, state: AppState) -> Router {
+    r.fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -390,19 +395,14 @@ pub fn router(state: AppState) -> Router {
 /// The router served to a sandbox on its own Unix socket: the runtime API only (cache
 /// routes join here too), never the orchestrator API.
 pub fn sandbox_router(state: AppState) -> Router {
-    Router::new()
+    let r = Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .merge(runtime::routes())
-        .merge(crate::cache::routes())
-        .fallback(|| async { ApiError::not_found() })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track_requests,
-        ))
-        .with_state(state)
+        .merge(crate::cache::routes());
+    finish_router(r, state)
 }
 
 /// Spawns the lease sweeper (one sweep per `every`).

@@ -2,14 +2,14 @@
 //! input, output, context, condition, variables (keyed by the job owner's userId from the
 //! store), log lines, token refresh.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{mint_token, ExecAuth};
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, ApiPath, JsonBody};
 use super::AppState;
 use crate::store::{now_ms, rfc3339};
 
@@ -49,7 +49,7 @@ async fn audited<T>(
 async fn input(
     State(state): State<AppState>,
     auth: ExecAuth,
-    Path(exec): Path<String>,
+    ApiPath(exec): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(&state, &exec, "input:read", "input.read")
         .await?;
@@ -72,7 +72,7 @@ struct DataReq {
 async fn output(
     State(state): State<AppState>,
     auth: ExecAuth,
-    Path(exec): Path<String>,
+    ApiPath(exec): ApiPath<String>,
     JsonBody(req): JsonBody<DataReq>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(&state, &exec, "output:write", "output.write")
@@ -86,7 +86,7 @@ async fn output(
 async fn context(
     State(state): State<AppState>,
     auth: ExecAuth,
-    Path(exec): Path<String>,
+    ApiPath(exec): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(&state, &exec, "input:read", "context.read")
         .await?;
@@ -112,7 +112,7 @@ struct ConditionReq {
 async fn condition(
     State(state): State<AppState>,
     auth: ExecAuth,
-    Path(exec): Path<String>,
+    ApiPath(exec): ApiPath<String>,
     JsonBody(req): JsonBody<ConditionReq>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(&state, &exec, "condition:write", "condition.write")
@@ -138,7 +138,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
 async fn var_get(
     State(state): State<AppState>,
     auth: ExecAuth,
-    Path((exec, key)): Path<(String, String)>,
+    ApiPath((exec, key)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(&state, &exec, "variables:read", "variable.read")
         .await?;
@@ -164,7 +164,7 @@ struct VarReq {
 async fn var_put(
     State(state): State<AppState>,
     auth: ExecAuth,
-    Path((exec, key)): Path<(String, String)>,
+    ApiPath((exec, key)): ApiPath<(String, String)>,
     JsonBody(req): JsonBody<VarReq>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(&state, &exec, "variables:write", "variable.write")
@@ -196,7 +196,7 @@ struct LogsReq {
 async fn logs(
     State(state): State<AppState>,
     auth: ExecAuth,
-    Path(exec): Path<String>,
+    ApiPath(exec): ApiPath<String>,
     JsonBody(req): JsonBody<LogsReq>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(&state, &exec, "logs:write", "logs.write")
@@ -217,7 +217,7 @@ async fn logs(
 
 async fn refresh(State(state): State<AppState>, auth: ExecAuth) -> Result<Json<Value>, ApiError> {
     let exec = auth.claims.execution_id.clone();
-    let r = mint_token(&state.secrets, &exec, &auth.exec.job_id)
+    let r = mint_token(&state.secrets, &exec, &auth.exec.job_id, &auth.claims.scope)
         .map_err(|e| ApiError::internal(e.to_string()));
     let (token, exp) = audited(&state, &auth, "token.refresh", &exec, r).await?;
     Ok(Json(

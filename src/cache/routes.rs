@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use super::validate::{
 };
 use super::Cache;
 use crate::api::auth::{bearer, deny};
-use crate::api::error::{ApiError, JsonBody};
+use crate::api::error::{ApiError, ApiPath, ApiQuery, JsonBody};
 use crate::api::AppState;
 use crate::store::{now_ms, rfc3339, AuditRecord};
 
@@ -169,6 +169,10 @@ impl FromRequestParts<AppState> for CacheCaller {
                 .await;
             return Err(Fail::RateLimited(secs));
         }
+        parts.extensions.insert(crate::api::error::CheckedActor {
+            actor: caller.actor.clone(),
+            user_id: caller.user_id.clone(),
+        });
         Ok(caller)
     }
 }
@@ -290,13 +294,10 @@ fn base_url(cache: &Cache, headers: &HeaderMap) -> Result<String, ApiError> {
 async fn lookup(
     State(state): State<AppState>,
     caller: CacheCaller,
-    q: Result<Query<LookupQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<LookupQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Fail> {
     let cache = cache_of(&state)?;
-    let Query(q) = q.map_err(|e| {
-        ApiError::bad_request("invalid_query", "invalid query").detail(e.body_text())
-    })?;
     let keys_raw = q.keys.clone().unwrap_or_default();
     let version = q.version.clone().unwrap_or_default();
     let target = format!("{}/{}@{}", caller.scope, keys_raw, version);
@@ -433,7 +434,7 @@ async fn reserve(
 async fn upload(
     State(state): State<AppState>,
     caller: CacheCaller,
-    Path(cache_id): Path<String>,
+    ApiPath(cache_id): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Fail> {
@@ -558,7 +559,7 @@ struct CommitReq {
 async fn commit(
     State(state): State<AppState>,
     caller: CacheCaller,
-    Path(cache_id): Path<String>,
+    ApiPath(cache_id): ApiPath<String>,
     JsonBody(req): JsonBody<CommitReq>,
 ) -> Result<Response, Fail> {
     let cache = cache_of(&state)?;
@@ -628,7 +629,7 @@ struct DownloadQuery {
 
 async fn download(
     State(state): State<AppState>,
-    Path(cache_id): Path<String>,
+    ApiPath(cache_id): ApiPath<String>,
     q: Result<Query<DownloadQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Fail> {
