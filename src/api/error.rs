@@ -131,6 +131,19 @@ async fn audit_refused(state: &AppState, ext: &axum::http::Extensions, target: &
     state.audit_denied(actor, user, target, code).await;
 }
 
+/// The 400 for a request part axum could not deserialise, audited.
+async fn refuse(
+    parts: &Parts,
+    state: &AppState,
+    code: &'static str,
+    message: &'static str,
+    detail: String,
+) -> ApiError {
+    let target = format!("{} {}", parts.method, parts.uri.path());
+    audit_refused(state, &parts.extensions, &target, code).await;
+    ApiError::bad_request(code, message).detail(detail)
+}
+
 /// Query string deserialised into `T`; a bad one is a 400 with the generic JSON body (and audited),
 /// never axum's plain-text rejection.
 pub struct ApiQuery<T>(pub T);
@@ -141,11 +154,14 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(ApiQuery(v)),
-            Err(rej) => {
-                let target = format!("{} {}", parts.method, parts.uri.path());
-                audit_refused(state, &parts.extensions, &target, "invalid_query").await;
-                Err(ApiError::bad_request("invalid_query", "invalid query").detail(rej.body_text()))
-            }
+            Err(rej) => Err(refuse(
+                parts,
+                state,
+                "invalid_query",
+                "invalid query",
+                rej.body_text(),
+            )
+            .await),
         }
     }
 }
@@ -159,11 +175,14 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(v)) => Ok(ApiPath(v)),
-            Err(rej) => {
-                let target = format!("{} {}", parts.method, parts.uri.path());
-                audit_refused(state, &parts.extensions, &target, "invalid_path").await;
-                Err(ApiError::bad_request("invalid_path", "invalid path").detail(rej.body_text()))
-            }
+            Err(rej) => Err(refuse(
+                parts,
+                state,
+                "invalid_path",
+                "invalid path",
+                rej.body_text(),
+            )
+            .await),
         }
     }
 }
