@@ -317,3 +317,62 @@ fn without_clone_into_cgroup_pid1_is_moved_in_before_it_runs() {
     );
     assert!(sandbox_cgroups(&base).is_empty());
 }
+
+/// `jobcell create` hands its container over when it returns: with a cgroup (which only exists where limits are
+/// enforced) the container must still be alive and startable afterwards, and `delete` removes the cgroup.
+#[test]
+fn oci_create_leaves_a_live_container_in_its_cgroup() {
+    let _serial = serial();
+    let Some(base) = need_cgroups("oci_create_leaves_a_live_container_in_its_cgroup") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, state) = (dir.path().join("b"), dir.path().join("state"));
+    std::fs::create_dir(&bundle).unwrap();
+    let jc = |args: &[&str]| {
+        let out = Command::new(jobcell())
+            .arg("--root")
+            .arg(&state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn jobcell");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "jobcell {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    jc(&["spec", "--rootless", "--bundle", bundle.to_str().unwrap()]);
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["args"] = serde_json::json!(["sleep", "60"]);
+    cfg["process"]["terminal"] = Value::Bool(false);
+    cfg["root"] = serde_json::json!({"path": "/", "readonly": true});
+    cfg["linux"]["resources"] = serde_json::json!({"pids": {"limit": 20}});
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let b = bundle.to_str().unwrap();
+    jc(&["create", "c1", "--bundle", b]);
+    let st: Value = serde_json::from_str(&jc(&["state", "c1"])).unwrap();
+    assert_eq!(st["status"], "created", "{st}");
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "pid 1 of the created container died"
+    );
+    assert!(
+        sandbox_cgroups(&base).iter().any(|c| c == "oci-c1"),
+        "{:?}",
+        sandbox_cgroups(&base)
+    );
+    jc(&["start", "c1"]);
+    let st: Value = serde_json::from_str(&jc(&["state", "c1"])).unwrap();
+    assert_eq!(st["status"], "running", "{st}");
+    jc(&["delete", "--force", "c1"]);
+    assert!(
+        !sandbox_cgroups(&base).iter().any(|c| c == "oci-c1"),
+        "cgroup left behind"
+    );
+}

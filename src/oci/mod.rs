@@ -146,7 +146,11 @@ pub fn create(root: &Path, id: &str, o: &CreateOpts) -> Result<(), OciError> {
     let (spec, bundle) = load_bundle(&o.bundle)?;
     let c = Container::create(root, id)?;
     match create_in(&c, &spec, &bundle, o) {
-        Ok(_) => Ok(()),
+        // The container outlives this command: hand it over instead of dropping (which would kill it).
+        Ok(sb) => {
+            sb.detach();
+            Ok(())
+        }
         Err(e) => {
             let _ = c.destroy();
             Err(e)

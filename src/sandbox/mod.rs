@@ -98,6 +98,8 @@ pub struct Sandbox {
     limits: LimitsReport,
     cgroup: Option<Cgroup>,
     signals: SignalFd,
+    /// pid 1 is still this handle's to kill: until it was reaped (`wait`) or handed over (`detach`).
+    owned: bool,
 }
 
 #[repr(C)]
@@ -617,6 +619,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
         limits,
         cgroup: cg,
         signals,
+        owned: true,
     };
     let state = container
         .as_ref()
@@ -696,7 +699,7 @@ impl Sandbox {
         self.signal(libc::SIGKILL);
     }
 
-    fn reap(&self) -> Result<(libc::c_int, libc::rusage), Errno> {
+    fn reap(&mut self) -> Result<(libc::c_int, libc::rusage), Errno> {
         let mut status = 0;
         // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -704,6 +707,7 @@ impl Sandbox {
             // SAFETY: wait4 on our own child; status and ru are valid out-pointers.
             let r = unsafe { libc::wait4(self.pid, &mut status, 0, &mut ru) };
             if r == self.pid {
+                self.owned = false;
                 return Ok((status, ru));
             }
             match Errno::last() {
@@ -760,6 +764,7 @@ impl Sandbox {
 
     /// Lets the sandbox outlive this handle (OCI `create`); returns its cgroup directory.
     pub fn detach(mut self) -> Option<std::path::PathBuf> {
+        self.owned = false;
         self.cgroup.take().map(|c| c.into_path())
     }
 
@@ -938,14 +943,19 @@ pub fn exec_in(
         // The container owns its cgroup: this handle must never remove it.
         cgroup: None,
         signals,
+        owned: true,
     })
 }
 
 impl Drop for Sandbox {
+    /// A sandbox neither waited for nor detached dies with its handle (an error path, a panic), cgroup
+    /// included; OCI pid 1 has no parent-death signal, so nothing else would end it.
     fn drop(&mut self) {
-        if let Some(c) = self.cgroup.take() {
+        if self.owned {
             self.kill();
             let _ = self.reap();
+        }
+        if let Some(c) = self.cgroup.take() {
             c.remove();
         }
     }
