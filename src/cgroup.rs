@@ -76,6 +76,16 @@ pub fn own_cgroup() -> Option<String> {
         .find_map(|l| l.strip_prefix("0::").map(|p| p.to_string()))
 }
 
+/// Which of the controllers jobcell needs `dir` does not offer.
+fn missing_controllers(dir: &Path) -> Vec<&'static str> {
+    let have = controllers(dir);
+    CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|k| !have.iter().any(|h| h == k))
+        .collect()
+}
+
 fn writable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
 }
@@ -103,14 +113,7 @@ pub fn find_base_in(explicit: Option<&Path>) -> Result<PathBuf, String> {
         return Err("no cgroup v2 filesystem is mounted".into());
     };
     let hybrid = mnt != Path::new("/sys/fs/cgroup");
-    let own = own_cgroup().unwrap_or_else(|| "/".into());
-    let own_dir = mnt.join(own.trim_start_matches('/'));
-    let root_ctl = controllers(&mnt);
-    let missing: Vec<&str> = CONTROLLERS
-        .iter()
-        .copied()
-        .filter(|k| !root_ctl.iter().any(|h| h == k))
-        .collect();
+    let missing = missing_controllers(&mnt);
     if !missing.is_empty() {
         return Err(if hybrid {
             format!(
@@ -127,6 +130,8 @@ pub fn find_base_in(explicit: Option<&Path>) -> Result<PathBuf, String> {
         });
     }
 
+    let own = own_cgroup().unwrap_or_else(|| "/".into());
+    let own_dir = mnt.join(own.trim_start_matches('/'));
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = explicit {
         candidates.push(if p.starts_with(&mnt) {
@@ -149,12 +154,7 @@ pub fn find_base_in(explicit: Option<&Path>) -> Result<PathBuf, String> {
     }
     let mut why = Vec::new();
     for c in candidates {
-        let ctl = controllers(&c);
-        let missing: Vec<&str> = CONTROLLERS
-            .iter()
-            .copied()
-            .filter(|k| !ctl.iter().any(|h| h == k))
-            .collect();
+        let missing = missing_controllers(&c);
         if !writable(&c) || !writable(&c.join("cgroup.subtree_control")) {
             why.push(format!(
                 "{} is not writable by this user (no delegation)",
@@ -257,14 +257,11 @@ pub fn prepare(
     name: Option<&str>,
     parent: Option<&Path>,
 ) -> Result<(Option<Cgroup>, LimitsReport), CgroupError> {
-    let base = match (
-        find_base_in(
-            parent.or(std::env::var_os("JOBCELL_CGROUP_PARENT")
-                .map(PathBuf::from)
-                .as_deref()),
-        ),
-        parent,
-    ) {
+    let found = match parent {
+        Some(p) => find_base_in(Some(p)),
+        None => find_base(),
+    };
+    let base = match (found, parent) {
         (Ok(b), _) => b,
         // A parent the user named explicitly must work: refuse instead of running without limits.
         (Err(reason), Some(p)) => return Err(CgroupError::Parent(p.to_path_buf(), reason)),

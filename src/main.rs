@@ -259,8 +259,58 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(125)
 }
 
+impl RunArgs {
+    /// The flags that build a sandbox from a profile; a bundle's config.json is the whole spec, so with
+    /// `--bundle` they would be silently ignored.
+    fn profile_flags(&self) -> Vec<&'static str> {
+        [
+            (self.profile.is_some(), "--profile"),
+            (self.rootfs.is_some(), "--rootfs"),
+            (self.user.is_some(), "--user"),
+            (self.cpus.is_some(), "--cpus"),
+            (self.memory.is_some(), "--memory"),
+            (self.pids.is_some(), "--pids"),
+            (self.tmpfs_size.is_some(), "--tmpfs-size"),
+            (!self.binds.is_empty(), "--bind"),
+            (!self.env.is_empty(), "--env"),
+            (self.workdir.is_some(), "--workdir"),
+            (self.hostname.is_some(), "--hostname"),
+            (self.net.is_some(), "--net"),
+            (self.seccomp.is_some(), "--seccomp"),
+            (!self.cap_add.is_empty(), "--cap-add"),
+            (
+                self.read_only || self.writable_root,
+                "--read-only/--writable-root",
+            ),
+            (self.userns.is_some(), "--userns"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+}
+
 fn run(a: RunArgs, root: &dyn Fn() -> PathBuf) -> ExitCode {
+    if a.bundle.is_some() || a.id.is_some() {
+        if let Some(flag) = a.profile_flags().first() {
+            return fail(format!(
+                "{flag}: not used with --bundle (the bundle's config.json is the whole spec): set it there"
+            ));
+        }
+    }
     if let Some(id) = &a.id {
+        let supervised_only = [
+            (a.json.is_some(), "--json"),
+            (a.timeout.is_some(), "--timeout"),
+            (a.require_limits, "--require-limits"),
+            (a.cgroup_parent.is_some(), "--cgroup-parent"),
+            (a.strict, "--strict"),
+        ];
+        if let Some((_, flag)) = supervised_only.iter().find(|(set, _)| *set) {
+            return fail(format!(
+                "{flag}: not used when running a bundle as container {id:?}: drop the ID to run it supervised (`jobcell run --bundle DIR {flag} ...`)"
+            ));
+        }
         let o = CreateOpts {
             bundle: a.bundle.clone().unwrap_or_else(|| PathBuf::from(".")),
             pid_file: a.pid_file.clone(),
@@ -283,6 +333,8 @@ fn run(a: RunArgs, root: &dyn Fn() -> PathBuf) -> ExitCode {
         }
         let mut opts = oci::bundle_launch_options();
         opts.require_limits = a.require_limits;
+        opts.strict = a.strict;
+        opts.cgroup_parent = a.cgroup_parent.clone();
         if let Some(t) = &a.timeout {
             match jobcell::units::parse_duration(t) {
                 Ok(d) => opts.timeout = Some(d),
@@ -352,7 +404,8 @@ fn finish_run(
                 .append(true)
                 .open(path)
                 .map(|_| ())
-        } else if path.is_dir() || !dir.is_dir() {
+        } else if !dir.is_dir() {
+            // Missing, or a file: access() alone would pass an executable file.
             Err(std::io::Error::from(std::io::ErrorKind::NotFound))
         } else {
             nix::unistd::access(
@@ -424,11 +477,7 @@ fn check() -> ExitCode {
     let seccomp_ok =
         std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.contains("Seccomp:"));
     println!("seccomp: {}", yes_no(seccomp_ok));
-    let have = |n: &str| {
-        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
-            .iter()
-            .any(|d| std::path::Path::new(d).join(n).exists())
-    };
+    let have = |n: &str| sandbox::idmap::helper(n).is_some();
     println!(
         "newuidmap/newgidmap: {}",
         yes_no(have("newuidmap") && have("newgidmap"))

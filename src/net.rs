@@ -42,11 +42,11 @@ pub fn loopback_up() -> Result<(), NetError> {
     let mut buf = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut buf);
 
-    let mut sock = Socket::new(NETLINK_ROUTE).map_err(NetError::Socket)?;
-    sock.bind_auto().map_err(NetError::Socket)?;
+    // No bind: the kernel binds a netlink socket on its first send.
+    let sock = Socket::new(NETLINK_ROUTE).map_err(NetError::Socket)?;
     sock.send_to(&buf, &SocketAddr::new(0, 0), 0)
         .map_err(NetError::Socket)?;
-    let mut reply = vec![0u8; 4096];
+    let mut reply = [0u8; 4096];
     let n = sock
         .recv(&mut &mut reply[..], 0)
         .map_err(NetError::Socket)?;

@@ -653,3 +653,54 @@ fn spec_without_rootless_runs_as_root() {
     o.ok();
     assert_eq!(o.stdout.trim(), "root-spec-ok");
 }
+
+#[test]
+fn flags_a_bundle_would_ignore_are_refused_and_nothing_starts() {
+    let rt = Rt::new();
+    let b = Bundle::sh("echo ran");
+    b.write();
+    for (args, flag) in [
+        (
+            vec!["run", "--bundle", b.path_str(), "--memory", "64M"],
+            "--memory",
+        ),
+        (
+            vec!["run", "--bundle", b.path_str(), "--userns", "single"],
+            "--userns",
+        ),
+        (
+            vec!["run", "x", "-b", b.path_str(), "--seccomp", "unconfined"],
+            "--seccomp",
+        ),
+        (
+            vec!["run", "x", "-b", b.path_str(), "--json", "-"],
+            "--json",
+        ),
+        (
+            vec!["run", "x", "-b", b.path_str(), "--timeout", "5s"],
+            "--timeout",
+        ),
+    ] {
+        let o = rt.jc(&args);
+        assert_eq!(o.code(), 125, "{args:?}: {}", o.stderr);
+        let line = o.fails_one_line();
+        assert!(line.contains(flag), "{args:?}: {line}");
+        assert!(
+            !o.stdout.contains("ran"),
+            "{args:?} ran the bundle: {}",
+            o.stdout
+        );
+    }
+    assert!(rt.ids().is_empty(), "{:?}", rt.ids());
+    // The supervised bundle run takes the flags that do apply to it.
+    let o = rt.jc(&[
+        "run",
+        "--bundle",
+        b.path_str(),
+        "--timeout",
+        "30s",
+        "--strict",
+    ]);
+    o.ok();
+    assert_eq!(o.stdout.trim(), "ran");
+}

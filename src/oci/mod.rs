@@ -8,7 +8,7 @@
 pub mod state;
 
 use crate::cgroup::Cgroup;
-use crate::profile::{LaunchOptions, NetMode};
+use crate::profile::LaunchOptions;
 use crate::sandbox::{self, ContainerLaunch, LaunchError, Mode};
 use oci_spec::runtime::{ContainerState, Process, Spec};
 use serde_json::json;
@@ -87,7 +87,6 @@ pub fn load_bundle(bundle: &Path) -> Result<(Spec, PathBuf), OciError> {
 /// Launch options for a bundle (the spec says everything; jobcell adds nothing).
 pub fn bundle_launch_options() -> LaunchOptions {
     LaunchOptions {
-        network: NetMode::None,
         timeout: None,
         require_limits: false,
         strict: false,
@@ -211,7 +210,6 @@ fn create_in(
         annotations: annotations.clone(),
         created: now_rfc3339(),
         cgroup: None,
-        rootless: !nix::unistd::geteuid().is_root(),
         started: false,
     };
     let for_hooks = base.clone();
@@ -233,10 +231,9 @@ fn create_in(
     let record = Record {
         pid,
         pid_start: state::pid_start_time(pid).unwrap_or(0),
+        cgroup: sb.cgroup_path(),
         ..base
     };
-    let mut record = record;
-    record.cgroup = sb.cgroup_path();
     c.save(&record)?;
     if let Some(p) = &o.pid_file {
         write_pid_file(p, pid)?;

@@ -84,7 +84,6 @@ pub struct Record {
     pub annotations: HashMap<String, String>,
     pub created: String,
     pub cgroup: Option<PathBuf>,
-    pub rootless: bool,
     /// Set once `start` has released the container process.
     pub started: bool,
 }
@@ -110,10 +109,16 @@ fn lock_dir(dir: &Path) -> Result<Flock<fs::File>, StateError> {
 
 /// Reads the start time of a process, or `None` when it does not exist.
 pub fn pid_start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+/// State letter and start time (clock ticks after boot) of `pid`, from one read of /proc/PID/stat.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &s[s.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let state = rest.chars().next()?;
+    Some((state, rest.split(' ').nth(19)?.parse().ok()?))
 }
 
 impl Container {
@@ -217,7 +222,10 @@ impl Container {
 impl Record {
     /// Whether the recorded process still exists (and is the same process).
     pub fn alive(&self) -> bool {
-        self.pid > 0 && pid_start_time(self.pid) == Some(self.pid_start) && !is_zombie(self.pid)
+        // The same process (not a reused pid), and not a zombie.
+        self.pid > 0
+            && proc_stat(self.pid)
+                .is_some_and(|(state, start)| start == self.pid_start && state != 'Z')
     }
 
     /// created (waiting on the exec FIFO), running, or stopped.
@@ -230,13 +238,6 @@ impl Record {
             ContainerState::Created
         }
     }
-}
-
-fn is_zombie(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// Lists the ids under `root`.
@@ -288,7 +289,6 @@ mod tests {
             annotations: HashMap::new(),
             created: "now".into(),
             cgroup: None,
-            rootless: true,
             started: false,
         };
         c.save(&r).unwrap();

@@ -122,7 +122,8 @@ pub fn keep_id(job: u32, caller: u32, sub: (u32, u32)) -> Vec<Extent> {
 }
 
 /// Where the setuid helper `name` is installed (run by absolute path: no PATH search, no PATH surprises).
-fn helper(name: &str) -> Option<std::path::PathBuf> {
+/// Also what `jobcell check` reports, so it says exactly what a launch will use.
+pub fn helper(name: &str) -> Option<std::path::PathBuf> {
     ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
         .iter()
         .map(|d| Path::new(d).join(name))

@@ -12,7 +12,7 @@ pub mod idmap;
 pub mod plan;
 
 use crate::cgroup::{self, Cgroup, LimitsReport};
-use crate::profile::{LaunchOptions, NetMode};
+use crate::profile::LaunchOptions;
 use crate::seccomp;
 use child::ChildConfig;
 use nix::errno::Errno;
@@ -44,8 +44,6 @@ pub enum LaunchError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error("{what}: {errno}")]
     Sys { what: &'static str, errno: Errno },
-    #[error("--net egress is not available yet: only --net none (own namespace, lo only) is implemented")]
-    EgressUnsupported,
 }
 
 fn sys(what: &'static str) -> impl Fn(Errno) -> LaunchError {
@@ -416,9 +414,6 @@ fn process_config(
 
 /// Starts a sandbox for `spec`. The caller's thread must be the only one (pid 1 is forked from it).
 pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, LaunchError> {
-    if opts.network == NetMode::Egress {
-        return Err(LaunchError::EgressUnsupported);
-    }
     let process = spec
         .process()
         .as_ref()

@@ -158,7 +158,11 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
                     target,
                     link: p.to_path_buf(),
                 }),
-                Err(_) => system_binds.push(p.to_path_buf()),
+                // EINVAL: a real directory; anything else (ENOENT): absent here, its mount is skipped.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    system_binds.push(p.to_path_buf())
+                }
+                Err(_) => {}
             }
         }
         ops.extend(generated_etc(
