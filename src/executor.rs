@@ -23,7 +23,7 @@ use crate::api::AppState;
 use crate::store::{Claimed, Status};
 
 /// Lease the executor asks for; heartbeats come every third of it.
-pub const LEASE_SECS: i64 = 60;
+pub const LEASE_SECS: i64 = crate::api::internal::DEFAULT_LEASE_SECS;
 /// Path of the API socket inside the sandbox.
 pub const SANDBOX_SOCKET: &str = "/run/jobcell/api.sock";
 /// Where the jobcell binary appears inside the sandbox.
@@ -641,9 +641,10 @@ impl Drop for RemoveDir {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);
+/// Aborts a background task when the job that needs it ends.
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

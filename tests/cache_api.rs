@@ -27,7 +27,6 @@ fn open_at(dir: tempfile::TempDir, cfg: CacheConfig, insecure: bool) -> Srv {
         Arc::new(store),
         secrets,
         ApiConfig {
-            state_dir: dir.path().to_path_buf(),
             insecure_no_cache_auth: insecure,
         },
     )

@@ -194,10 +194,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// True for ids matching `[A-Za-z0-9._-]{1,64}`.
 pub fn valid_orchestrator_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    super::model::name_ok(s, 64, b"")
 }
 
 /// Records a refused request: metric, audit row, log line.

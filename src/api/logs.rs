@@ -166,23 +166,19 @@ async fn ws(
         }
     };
     let e = exec.clone();
-    let row = state.db(move |s| s.get_execution(&e)).await;
-    let row = match row.and_then(|r| r.ok_or_else(ApiError::not_found)) {
-        Ok(r) => r,
-        Err(err) => {
-            state
-                .audit_op(&actor, None, "logs.stream", &exec, Err(&err))
-                .await?;
-            return Err(err);
-        }
-    };
+    let found = state.db(move |s| s.get_execution(&e)).await;
+    if let Err(err) = found.and_then(|r| r.ok_or_else(ApiError::not_found)) {
+        state
+            .audit_op(&actor, None, "logs.stream", &exec, Err(&err))
+            .await?;
+        return Err(err);
+    }
     state
         .audit_op(&actor, None, "logs.stream", &exec, Ok(()))
         .await?;
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
         .await
         .map_err(|_| ApiError::bad_request("websocket_required", "WebSocket upgrade required"))?;
-    let _ = row;
     Ok(upgrade.on_upgrade(move |socket| stream(state, exec, socket)))
 }
 

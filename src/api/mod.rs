@@ -178,20 +178,11 @@ impl Registry {
             })
             .unwrap_or_default()
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Options of the API that are not secrets.
 #[derive(Debug, Clone, Default)]
 pub struct ApiConfig {
-    pub state_dir: PathBuf,
     pub insecure_no_cache_auth: bool,
 }
 
@@ -317,6 +308,9 @@ impl AppState {
     pub fn executions_ended(&self, ended: &[Ended]) {
         for e in ended {
             self.registry.remove(&e.execution_id);
+            if let Some(c) = &self.cache {
+                c.limiter.forget(&e.execution_id);
+            }
             self.logs.end(&e.execution_id, e.status.as_str());
             let _ = self.ended.send(e.clone());
         }
@@ -478,7 +472,6 @@ pub fn open_state(
         Arc::new(store),
         secrets,
         ApiConfig {
-            state_dir: state_dir.to_path_buf(),
             insecure_no_cache_auth,
         },
     )?)

@@ -62,7 +62,8 @@ pub struct Limits {
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
-fn name_ok(s: &str, max: usize, extra: &[u8]) -> bool {
+/// Non-empty, at most `max` bytes of letters, digits, `.`, `_`, `-` and the `extra` bytes.
+pub(crate) fn name_ok(s: &str, max: usize, extra: &[u8]) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes()

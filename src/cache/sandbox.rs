@@ -288,13 +288,8 @@ pub async fn serve_in_sandbox(state: crate::api::AppState, runner: u32, ready_di
 }
 
 /// Aborts the sandbox's cache listener when dropped.
-pub struct ListenerGuard(tokio::task::JoinHandle<()>);
-
-impl Drop for ListenerGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// The in-sandbox cache listener; it stops when this is dropped.
+pub type ListenerGuard = crate::executor::AbortOnDrop<()>;
 
 /// Prepares a job's launch of `jobcell run` for the cache (see the module doc); returns the
 /// host side of the ready directory, or `None` when the server has no cache or the arguments
@@ -327,7 +322,7 @@ pub fn spawn_listener(
     runner: u32,
     ready_dir: PathBuf,
 ) -> ListenerGuard {
-    ListenerGuard(tokio::spawn(serve_in_sandbox(state, runner, ready_dir)))
+    crate::executor::AbortOnDrop(tokio::spawn(serve_in_sandbox(state, runner, ready_dir)))
 }
 
 #[cfg(test)]

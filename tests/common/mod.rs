@@ -29,7 +29,6 @@ pub fn srv() -> Srv {
         Arc::new(store),
         secrets,
         ApiConfig {
-            state_dir: dir.path().to_path_buf(),
             insecure_no_cache_auth: false,
         },
     )
