@@ -194,6 +194,16 @@ fn other_bad_values() {
 }
 
 #[test]
+fn net_egress_is_refused_until_implemented() {
+    // README: `--net egress` is not implemented yet and is refused with exit 125 (never a silent --net none,
+    // never the host's network)
+    refused(
+        &["--net", "egress"],
+        &["--net egress", "not available", "--net none"],
+    );
+}
+
+#[test]
 fn json_path_unwritable() {
     let o = run(&["--json", "/nonexistent-dir/outcome.json"], &["true"]);
     assert_code(&o, 125);

@@ -67,10 +67,10 @@ fn host_files_are_invisible() {
 
 #[test]
 fn host_dirs_are_absent() {
-    let o = sh("for d in /home /root /var /run /srv /mnt /media /opt /boot /work; do test -e $d && echo present $d; done; ls -A /");
+    let o = sh("for d in /home /root /var /run /srv /mnt /media /opt /boot /work /sys; do test -e $d && echo present $d; done; ls -A /");
     assert_code(&o, 0);
     assert!(!o.stdout.contains("present"), "{o:#?}");
-    // /sys absent or read-only
+    // /sys is absent, so nothing of it can be written either
     let o = probe(&["write", "/sys/kernel/uevent_helper"]);
     assert_code(&o, 0);
     assert_ne!(o.get("write"), "0", "{o:#?}");
@@ -183,20 +183,94 @@ fn file_size_rlimit_applies() {
     );
 }
 
+/// One line of /proc/self/mountinfo: mount point, per-mount options, root within its filesystem, fs type.
+struct MountLine<'a> {
+    point: &'a str,
+    opts: &'a str,
+    root: &'a str,
+    fstype: &'a str,
+}
+
+fn mountinfo(text: &str) -> Vec<MountLine<'_>> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            Some(MountLine {
+                point: f.get(4)?,
+                opts: f.get(5)?,
+                root: f.get(3)?,
+                fstype: f.get(sep + 1)?,
+            })
+        })
+        .collect()
+}
+
+/// The mount on top at `point` (mountinfo lists mounts in the order they were made).
+fn top_mount<'a, 'b>(mounts: &'b [MountLine<'a>], point: &str) -> Option<&'b MountLine<'a>> {
+    mounts.iter().rev().find(|m| m.point == point)
+}
+
 #[test]
 fn proc_sensitive_paths_are_masked() {
-    let o = sh(
-        "for f in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug /proc/sysrq-trigger /proc/latency_stats /proc/timer_stats; do \
-           if [ -e $f ]; then n=$(head -c 100 $f 2>/dev/null | wc -c); echo $f=$n; fi; done; \
-         (ls -A /proc/acpi; ls -A /proc/scsi) 2>/dev/null | wc -l",
+    // Reading a masked file gives nothing, but so does reading most of them unmasked as an unprivileged user:
+    // check the mounts instead. Every path of MASKED_PATHS that exists inside must be a mount point: a file
+    // covered by /dev/null, a directory by an empty read-only tmpfs; every READONLY_PATHS one mounted ro.
+    use jobcell::profile::{MASKED_PATHS, READONLY_PATHS};
+    let paths: Vec<&str> = MASKED_PATHS.iter().chain(READONLY_PATHS).copied().collect();
+    let script = format!(
+        "for p in {}; do \
+           if [ -d $p ]; then echo \"path $p dir:$(ls -A $p | wc -l)\"; \
+           elif [ -e $p ]; then echo \"path $p $(stat -L -c '%F:%t:%T' $p | tr ' ' _)\"; fi; \
+         done; echo MOUNTINFO; cat /proc/self/mountinfo",
+        paths.join(" ")
     );
+    let o = sh(&script);
     assert_code(&o, 0);
-    for l in o.lines() {
-        if let Some((f, n)) = l.split_once('=') {
-            assert_eq!(n, "0", "{f} readable inside");
+    let (head, info) = o.stdout.split_once("MOUNTINFO\n").expect("no mountinfo");
+    // path -> what the job sees there: "dir:ENTRIES" or "FILE_TYPE:MAJOR:MINOR"
+    let seen: std::collections::HashMap<&str, &str> = head
+        .lines()
+        .filter_map(|l| l.strip_prefix("path ")?.split_once(' '))
+        .collect();
+    let mounts = mountinfo(info);
+    let dev_null = top_mount(&mounts, "/dev/null").expect("no /dev/null mount inside");
+    let mut masked = 0;
+    for p in MASKED_PATHS {
+        let Some(kind) = seen.get(p) else { continue };
+        masked += 1;
+        let m = top_mount(&mounts, p)
+            .unwrap_or_else(|| panic!("{p} exists inside but is not a mount point:\n{info}"));
+        if kind.starts_with("dir:") {
+            assert_eq!(m.fstype, "tmpfs", "{p} must be covered by a tmpfs:\n{info}");
+            assert!(
+                m.opts.split(',').any(|x| x == "ro"),
+                "the tmpfs over {p} must be read-only:\n{info}"
+            );
+            assert_eq!(*kind, "dir:0", "{p} must be empty");
+        } else {
+            // a bind of the sandbox's /dev/null: character device 1:3 of the same filesystem
+            assert_eq!(*kind, "character_special_file:1:3", "{p} is not /dev/null");
+            assert_eq!(
+                (m.fstype, m.root),
+                (dev_null.fstype, dev_null.root),
+                "{p} must be a bind of /dev/null:\n{info}"
+            );
         }
     }
-    assert_eq!(o.lines().last().copied(), Some("0"), "{o:#?}");
+    // /proc/acpi, /proc/keys or /proc/timer_list exist on any kernel these tests run on
+    assert!(masked > 0, "no masked path exists inside: {o:#?}");
+    for p in READONLY_PATHS {
+        if !seen.contains_key(p) {
+            continue;
+        }
+        let m = top_mount(&mounts, p)
+            .unwrap_or_else(|| panic!("{p} exists inside but is not a mount point:\n{info}"));
+        assert!(
+            m.opts.split(',').any(|x| x == "ro"),
+            "{p} must be mounted read-only:\n{info}"
+        );
+    }
 }
 
 #[test]
@@ -305,12 +379,29 @@ fn bind_of_a_file_and_nested_destination() {
 
 #[test]
 fn bind_cannot_escape_with_dotdot_destination() {
+    // `..` in a destination is either refused up front (125, one line naming it) or cleaned so that the
+    // bind lands at /x inside the sandbox: the job sees the marker there. Anything else (run, but the bind
+    // is not at /x) means the destination was resolved somewhere jobcell did not mean.
     let d = tempdir();
+    let marker = unique("dotdot");
+    std::fs::write(d.path().join(&marker), "confined").unwrap();
+    sandbox_common::set_mode(&d.path().join(&marker), 0o644);
     let bind = format!("{}:/../../x", d.path().display());
-    let o = run(&["--bind", &bind], &["true"]);
-    // either refused up front (125) or confined to the sandbox: never a host path
-    assert!(o.code == 125 || o.code == 0, "{o:#?}");
-    assert!(!std::path::Path::new("/x").exists() || o.code == 125);
+    let o = sh_with(&["--bind", &bind], &format!("cat /x/{marker}"));
+    if o.code == 125 {
+        assert_eq!(o.stderr.lines().count(), 1, "{o:#?}");
+        assert!(
+            o.stderr.contains("/../../x"),
+            "must name the destination: {o:#?}"
+        );
+        assert_eq!(o.stdout, "", "{o:#?}");
+    } else {
+        assert_code(&o, 0);
+        assert_eq!(
+            o.stdout, "confined",
+            "the bind must be at /x inside: {o:#?}"
+        );
+    }
 }
 
 #[test]

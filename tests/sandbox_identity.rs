@@ -79,14 +79,117 @@ fn cap_add_keeps_exactly_that_capability() {
     );
 }
 
+/// Shell snippet: runs `$b` (a setuid binary) in the background with stdin a pipe that stays open, waits
+/// until it has exec'd and is blocked (State S, e.g. in a password prompt), then prints its status lines.
+const SETUID_STATUS: &str = r#"
+n=${b##*/}
+sleep 10 | "$b" "$@" >/dev/null 2>&1 &
+p=$!
+i=0
+while [ $i -lt 300 ]; do
+  if [ "$(awk '/^Name:/ {print $2}' /proc/$p/status 2>/dev/null)" = "$n" ] &&
+     [ "$(awk '/^State:/ {print $2}' /proc/$p/status 2>/dev/null)" = S ]; then
+    grep -E '^(Name|State|Uid|Gid|CapPrm|CapEff):' /proc/$p/status
+    break
+  fi
+  sleep 0.01
+  i=$((i + 1))
+done
+kill $p 2>/dev/null
+"#;
+
 #[test]
 fn setuid_binaries_do_not_elevate() {
-    // no_new_privs + nosuid binds: su/passwd (setuid root on the host) cannot gain anything.
-    let o = sh("for b in /usr/bin/su /bin/su /usr/bin/passwd; do [ -u \"$b\" ] && { \"$b\" -c 'id -u' root </dev/null 2>/dev/null; echo \"rc=$?\"; exit 0; }; done; echo none");
+    // A host setuid-root binary, sampled while it runs (su blocks in its password prompt reading the pipe):
+    // it keeps the job's ids and gains no capability. Three things each prevent elevation: host root is not
+    // mapped inside (the file's owner shows as nobody), /usr is bound nosuid, and no_new_privs is set.
+    let candidates =
+        "/usr/bin/su /bin/su /usr/bin/passwd /usr/bin/chfn /usr/bin/chsh /usr/bin/newgrp";
+    let o = sh(&format!(
+        "for b in {candidates}; do [ -u $b ] && [ \"$(stat -L -c %u $b)\" != 1000 ] || continue; \
+         out=$(set --; {SETUID_STATUS}); [ -n \"$out\" ] && {{ echo \"$out\"; exit 0; }}; done; echo none"
+    ));
     assert_code(&o, 0);
-    assert!(
-        !o.stdout.lines().any(|l| l == "0"),
-        "a setuid binary produced uid 0: {o:#?}"
+    assert_ne!(
+        o.stdout.trim(),
+        "none",
+        "no setuid binary of {candidates} could be sampled while running: {o:#?}"
+    );
+    assert_eq!(status_field(&o.stdout, "State").chars().next(), Some('S'));
+    assert_eq!(
+        status_field(&o.stdout, "Uid"),
+        "1000\t1000\t1000\t1000",
+        "{o:#?}"
+    );
+    assert_eq!(
+        status_field(&o.stdout, "Gid"),
+        "1000\t1000\t1000\t1000",
+        "{o:#?}"
+    );
+    assert_eq!(
+        status_field(&o.stdout, "CapPrm"),
+        "0000000000000000",
+        "{o:#?}"
+    );
+    assert_eq!(
+        status_field(&o.stdout, "CapEff"),
+        "0000000000000000",
+        "{o:#?}"
+    );
+}
+
+#[test]
+fn setuid_bit_of_a_mapped_owner_is_ignored() {
+    // The setuid-root binaries above cannot elevate already because host root is not mapped. A job with
+    // CAP_CHOWN can plant a setuid binary of another mapped id (5 inside that job, a subordinate id on the
+    // host) in a :rw bind; run by a later job its owner is mapped (neither the job user nor nobody), so only
+    // the nosuid bind and no_new_privs keep the job's ids (without both, Uid would read "1000 4 4 4").
+    if !full_range_mapping() {
+        eprintln!("SKIPPED: setuid_bit_of_a_mapped_owner_is_ignored: single-id map, no other id to own the file");
+        return;
+    }
+    let d = tempdir();
+    let exe = d.path().join("suid-probe");
+    std::fs::copy(probe_dir().join("probe"), &exe).unwrap();
+    let rw = format!("{}:/out:rw", d.path().display());
+    let o = sh_with(
+        &[
+            "--user",
+            "0:0",
+            "--cap-add",
+            "CAP_CHOWN",
+            "--cap-add",
+            "CAP_FOWNER",
+            "--bind",
+            &rw,
+        ],
+        "chown 5:5 /out/suid-probe && chmod 4755 /out/suid-probe",
+    );
+    assert_code(&o, 0);
+    let ro = format!("{}:/suid", d.path().display());
+    let o = sh_with(
+        &["--bind", &ro],
+        &format!(
+            "u=$(stat -c %u /suid/suid-probe); [ -u /suid/suid-probe ] && [ $u != 1000 ] && [ $u != 65534 ] || exit 3; \
+             b=/suid/suid-probe; set -- sleep 10; {SETUID_STATUS}"
+        ),
+    );
+    assert_code(&o, 0);
+    assert_eq!(status_field(&o.stdout, "Name"), "suid-probe", "{o:#?}");
+    assert_eq!(
+        status_field(&o.stdout, "Uid"),
+        "1000\t1000\t1000\t1000",
+        "{o:#?}"
+    );
+    assert_eq!(
+        status_field(&o.stdout, "Gid"),
+        "1000\t1000\t1000\t1000",
+        "{o:#?}"
+    );
+    assert_eq!(
+        status_field(&o.stdout, "CapEff"),
+        "0000000000000000",
+        "{o:#?}"
     );
 }
 

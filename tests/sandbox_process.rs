@@ -463,17 +463,42 @@ fn no_file_descriptors_leak_into_the_payload() {
 
 #[test]
 fn the_jobcell_binary_cannot_be_overwritten_through_proc() {
-    // CVE-2019-5736 style: pid 1 (jobcell's reaper) exe opened for writing from inside
-    let o = probe(&["write", "/proc/1/exe"]);
-    assert_code(&o, 0);
-    assert_ne!(o.get("write"), "0", "wrote to /proc/1/exe");
-    let o = probe(&["write", "/proc/self/exe"]);
-    assert_code(&o, 0);
-    assert_ne!(
-        o.get("write"),
-        "0",
-        "wrote to the probe binary through /proc/self/exe"
-    );
+    // CVE-2019-5736 style: the payload gets a handle on the runtime's binary through /proc/1/exe (pid 1 is
+    // jobcell's reaper) and writes it, now or once it is no longer busy. Opening it for writing alone
+    // cannot fail the test (ETXTBSY while jobcell runs, EACCES on a root-owned binary even when pid 1 is
+    // reachable), so what is checked is the handle. pid 1 runs as the job user; what keeps /proc/1/exe from
+    // the job is that pid 1 is not dumpable and holds capabilities the job lacks (the ptrace access check
+    // /proc applies). readlink and open for reading must be denied, while the same on a process of the job
+    // itself (a sleep it started) must work, or the test would show nothing about pid 1.
+    let bind = probe_bind();
+    for user in ["1000:1000", "0:0"] {
+        let o = sh_with(
+            &["--user", user, "--bind", &bind],
+            "sleep 10 & s=$!; echo child=$s; \
+             for p in 1 $s; do \
+               r=$(readlink -v /proc/$p/exe 2>&1) && echo \"readlink_$p=ok\" || echo \"readlink_$p=$r\"; \
+               r=$( (exec 3</proc/$p/exe) 2>&1) && echo \"open_$p=ok\" || echo \"open_$p=$r\"; \
+             done; /probe/probe write /proc/1/exe; kill $s",
+        );
+        assert_code(&o, 0);
+        let child = o.get("child");
+        for k in ["readlink", "open"] {
+            assert_eq!(
+                o.get(&format!("{k}_{child}")),
+                "ok",
+                "--user {user}: control: {o:#?}"
+            );
+            assert!(
+                o.get(&format!("{k}_1")).ends_with("Permission denied"),
+                "--user {user}: {k} /proc/1/exe: the job reached pid 1's executable: {o:#?}"
+            );
+        }
+        assert_eq!(
+            o.get("write"),
+            "EACCES",
+            "--user {user}: write /proc/1/exe: {o:#?}"
+        );
+    }
 }
 
 #[test]

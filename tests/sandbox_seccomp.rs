@@ -130,12 +130,34 @@ fn ordinary_ioctls_reach_the_kernel() {
 #[test]
 fn threads_and_personality_query_work() {
     // threads (clone with CLONE_THREAD|CLONE_VM...) must pass the clone argument filter
-    let o = sh("command -v python3 >/dev/null || { echo thread; exit 0; }; python3 -c 'import threading; t=threading.Thread(target=print, args=(\"thread\",)); t.start(); t.join()' 2>&1");
+    if python3() {
+        let o = run(
+            &[],
+            &["python3", "-c", "import threading; t=threading.Thread(target=print, args=(\"thread\",)); t.start(); t.join()"],
+        );
+        assert_code(&o, 0);
+        assert_eq!(o.stdout, "thread\n", "{o:#?}");
+    } else {
+        eprintln!(
+            "SKIPPED: threads_and_personality_query_work (threads part): python3 is not installed"
+        );
+    }
+    // personality: the query (0xffffffff) and PER_LINUX (what `setarch ARCH` sets) pass the filter;
+    // disabling ASLR (ADDR_NO_RANDOMIZE, `setarch -R`) is refused with EPERM, as in Docker's default profile
+    let o = sh_with(
+        &["--bind", &probe_bind()],
+        "/probe/probe sys personality_query personality_no_randomize; \
+         setarch $(uname -m) true; echo linux=$?; setarch -R true 2>/dev/null; echo no_randomize=$?",
+    );
     assert_code(&o, 0);
-    assert_eq!(o.stdout, "thread\n", "{o:#?}");
-    let o = sh("setarch -R true 2>/dev/null; uname -m >/dev/null && echo ok");
-    assert_code(&o, 0);
-    assert_eq!(o.stdout, "ok\n");
+    assert_eq!(o.get("personality_query"), "0", "{o:#?}");
+    assert_eq!(o.get("personality_no_randomize"), "EPERM", "{o:#?}");
+    assert_eq!(
+        o.get("linux"),
+        "0",
+        "setarch $(uname -m) true failed: {o:#?}"
+    );
+    assert_eq!(o.get("no_randomize"), "1", "setarch -R true: {o:#?}");
 }
 
 #[test]

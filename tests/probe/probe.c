@@ -178,6 +178,8 @@ static int try_sys(const char *n) {
     if (!strcmp(n, "memfd_secret")) return rc(syscall(447 /* memfd_secret, not in the allowlist */, 0));
     if (!strcmp(n, "bogus")) return rc(syscall(1000));
     if (!strcmp(n, "getpid")) return rc(syscall(SYS_getpid));
+    if (!strcmp(n, "personality_query")) return rc(syscall(SYS_personality, 0xffffffffUL));
+    if (!strcmp(n, "personality_no_randomize")) return rc(syscall(SYS_personality, 0x0040000UL /* ADDR_NO_RANDOMIZE */));
     fprintf(stderr, "probe: unknown syscall test %s\n", n);
     exit(2);
 }

@@ -256,3 +256,10 @@ pub fn full_range_mapping() -> bool {
     assert_code(&o, 0);
     o.stdout.lines().count() > 1
 }
+
+/// Whether python3 is installed where the sandbox sees it (/usr and /bin are bound from the host).
+pub fn python3() -> bool {
+    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}
