@@ -216,8 +216,11 @@ fn failing_create_runtime_hook_fails_create() {
 fn hook_timeout_fails_create() {
     let rt = Rt::new();
     let mut b = Bundle::new(&["true"]);
+    let pidfile = b.path().join("hook-child.pid");
+    // The hook's own child must die with it: a shell hook's `sleep` must not outlive the timeout.
+    let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
     b.config["hooks"] =
-        json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "sleep 30"], "timeout": 1}]});
+        json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script], "timeout": 1}]});
     b.write();
     let t = std::time::Instant::now();
     let line = rt
@@ -233,6 +236,21 @@ fn hook_timeout_fails_create() {
         "{line}"
     );
     assert!(rt.ids().is_empty(), "{:?}", rt.ids());
+    let pid = std::fs::read_to_string(&pidfile).expect("the hook ran");
+    let gone = (0..100).any(|_| {
+        let alive = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        });
+        if alive {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        !alive
+    });
+    assert!(gone, "the timed-out hook's child {} still runs", pid.trim());
 }
 
 #[test]

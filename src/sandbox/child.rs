@@ -787,7 +787,7 @@ fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd)
 }
 
 /// Runs one hook with the OCI state on its stdin, chrooted to `root` when given; fails on a non-zero exit
-/// or when its timeout passes (the hook is killed).
+/// or when its timeout passes (then the hook's whole process group is killed: a shell hook's children too).
 pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<(), String> {
     let path = CString::new(h.path.as_os_str().as_encoded_bytes())
         .map_err(|_| "path contains NUL".to_string())?;
@@ -801,6 +801,7 @@ pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<()
     match unsafe { fork() }.map_err(|e| e.to_string())? {
         ForkResult::Child => {
             drop(w);
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
             let _ = nix::unistd::dup2_stdin(&r);
             if let Some(root) = root {
                 if nix::unistd::chroot(root).is_err() || chdir("/").is_err() {
@@ -814,6 +815,8 @@ pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<()
         }
         ForkResult::Parent { child } => {
             drop(r);
+            // Also here, so the group exists before a timeout could need it (whichever runs first wins).
+            let _ = nix::unistd::setpgid(child, child);
             let _ = std::io::Write::write_all(&mut std::fs::File::from(w), state_json);
             let deadline = h
                 .timeout
@@ -828,7 +831,7 @@ pub fn run_hook(h: &HookCmd, state_json: &[u8], root: Option<&str>) -> Result<()
                     Err(e) => return Err(e.to_string()),
                 }
                 if deadline.is_some_and(|d| std::time::Instant::now() > d) {
-                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = nix::sys::signal::killpg(child, Signal::SIGKILL);
                     let _ = waitpid(child, None);
                     return Err(format!("timed out after {}s", h.timeout.unwrap_or(0)));
                 }
