@@ -329,21 +329,21 @@ fn oci_create_leaves_a_live_container_in_its_cgroup() {
     let dir = tempfile::tempdir().unwrap();
     let (bundle, state) = (dir.path().join("b"), dir.path().join("state"));
     std::fs::create_dir(&bundle).unwrap();
+    // stdio in files: the created container inherits them and keeps a pipe open until it exits.
     let jc = |args: &[&str]| {
-        let out = Command::new(jobcell())
+        let (o, e) = (dir.path().join("out"), dir.path().join("err"));
+        let status = Command::new(jobcell())
             .arg("--root")
             .arg(&state)
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(std::fs::File::create(&o).unwrap())
+            .stderr(std::fs::File::create(&e).unwrap())
+            .status()
             .expect("spawn jobcell");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "jobcell {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        let err = std::fs::read_to_string(&e).unwrap_or_default();
+        assert!(status.success(), "jobcell {args:?}: {err}");
+        std::fs::read_to_string(&o).unwrap_or_default()
     };
     jc(&["spec", "--rootless", "--bundle", bundle.to_str().unwrap()]);
     let cfg_path = bundle.join("config.json");

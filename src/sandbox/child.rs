@@ -758,7 +758,7 @@ fn setup_fs(fs: &FsPlan, create_hooks: &[HookCmd], state_json: &[u8], st: RawFd)
     chdir("/").or_fail(st, &|| "chdir /".into());
 
     for op in &fs.ops {
-        apply(op, st);
+        apply(op, fs.cgroup_dir.as_deref(), st);
     }
     // OCI createContainer hooks: container namespaces, mounts in place, paths resolved in the host's view.
     for h in create_hooks {
@@ -915,7 +915,7 @@ fn resolve_program(cfg: &ChildConfig) -> Result<CString, (i32, String)> {
 }
 
 /// Executes one planned operation.
-fn apply(op: &Op, st: RawFd) {
+fn apply(op: &Op, cgroup_dir: Option<&Path>, st: RawFd) {
     let none = None::<&str>;
     match op {
         Op::Mount {
@@ -928,14 +928,28 @@ fn apply(op: &Op, st: RawFd) {
             let full = in_root(NEWROOT, dst);
             mkdir_p(&full).or_fail(st, &|| format!("creating mountpoint {}", dst.display()));
             let data = (!data.is_empty()).then_some(data.as_str());
-            mount(
+            let r = mount(
                 Some(source.as_str()),
                 &full,
                 Some(fstype.as_str()),
                 ms_flags(*flags),
                 data,
-            )
-            .or_fail(st, &|| format!("mounting {fstype} on {}", dst.display()));
+            );
+            let r = match (r, cgroup_dir) {
+                // The kernel refuses a fresh cgroup2 mount to most user namespaces (EPERM, or EBUSY with
+                // other mount options than the host's); the sandbox's own cgroup directory, bound, is the
+                // same view, as the cgroup namespace's root is that directory (runc does the same).
+                (Err(Errno::EPERM | Errno::EBUSY), Some(dir)) if fstype == "cgroup2" => mount(
+                    Some(&in_root(OLDROOT, dir)),
+                    &full,
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )
+                .and_then(|()| restrict_mount(&full, *flags, false)),
+                (r, _) => r,
+            };
+            r.or_fail(st, &|| format!("mounting {fstype} on {}", dst.display()));
         }
         Op::Bind {
             src,

@@ -517,7 +517,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
             Some(c),
         ),
     };
-    let cfg = ChildConfig {
+    let mut cfg = ChildConfig {
         fs: plan::plan_fs(spec)?,
         hostname: spec.hostname().clone(),
         domainname: spec.domainname().clone(),
@@ -541,6 +541,7 @@ pub fn launch(spec: &Spec, opts: &LaunchOptions, mode: Mode) -> Result<Sandbox, 
     let cg_name = container.as_ref().map(|c| c.cgroup_name.clone());
     let (cg, limits) =
         cgroup::prepare(resources, cg_name.as_deref(), opts.cgroup_parent.as_deref())?;
+    cfg.fs.cgroup_dir = cg.as_ref().map(|c| c.path().to_path_buf());
     if opts.require_limits && !limits.enforced {
         return Err(LaunchError::Cgroup(cgroup::CgroupError::Required(
             limits.reason.clone().unwrap_or_default(),

@@ -78,6 +78,9 @@ pub struct FsPlan {
     /// Propagation of the new root after pivot_root (OCI `rootfsPropagation`); `None` leaves it private.
     pub root_propagation: Option<MsFlags>,
     pub ops: Vec<Op>,
+    /// Host path of the sandbox's cgroup (set by the launcher once it exists): bound where a cgroup2
+    /// mount is refused.
+    pub cgroup_dir: Option<PathBuf>,
 }
 
 fn clean_dst(p: &Path) -> Result<PathBuf, PlanError> {
@@ -307,6 +310,7 @@ pub fn plan_fs(spec: &Spec) -> Result<FsPlan, PlanError> {
         root_readonly: root.readonly().unwrap_or(false),
         root_propagation,
         ops,
+        cgroup_dir: None,
     })
 }
 
